@@ -1,0 +1,7 @@
+"""The local lab: real Debian 12 hosts (systemd-nspawn, own network namespace, sshd, Docker-capable) on this
+machine, for proving every deploy over real SSH. See README "The lab"."""
+
+from .config import LabConfig
+from .errors import LabError
+
+__all__ = ["LabConfig", "LabError"]

@@ -1,0 +1,214 @@
+"""Lab hosts: systemd-nspawn containers booting Debian with systemd as PID 1.
+
+Each host is an overlayfs over the shared rootfs (its writes land in ``hosts/<name>/upper``), its own network
+namespace, its own cgroup, and a bind-mounted ``/var/lib/docker`` on this machine's disk so the Docker engine
+inside gets overlay2.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import LabConfig
+from .errors import LabError
+from .sh import ok, pid_alive, run, tail
+
+NSPAWN_FLAGS = (
+    "--boot",
+    "--register=no",
+    "--keep-unit",
+    "--console=passive",
+    "--resolv-conf=off",
+    "--timezone=off",
+    # the inner Docker engine needs these: keyrings, bpf (cgroup device filters), swap accounting calls
+    "--capability=all",
+    "--system-call-filter=@keyring bpf @swap",
+)
+
+
+@dataclass(frozen=True)
+class LabHost:
+    name: str  # e.g. "h1"
+    index: int  # 1-based
+    address: str  # e.g. "10.77.0.11"
+
+    def dir(self, cfg: LabConfig) -> Path:
+        return cfg.hosts_dir / self.name
+
+    def root(self, cfg: LabConfig) -> Path:
+        return self.dir(cfg) / "root"
+
+    def pid_file(self, cfg: LabConfig) -> Path:
+        return self.dir(cfg) / "nspawn.pid"
+
+    def log_file(self, cfg: LabConfig) -> Path:
+        return self.dir(cfg) / "nspawn.log"
+
+    @property
+    def cgroup(self) -> str:
+        return f"vlmlab-{self.name}"
+
+
+def lab_hosts(cfg: LabConfig, count: int) -> list[LabHost]:
+    if not 1 <= count <= 200:
+        raise LabError(f"--hosts {count}: give between 1 and 200 hosts")
+    return [LabHost(f"h{i}", i, cfg.host_ip(i)) for i in range(1, count + 1)]
+
+
+def existing_hosts(cfg: LabConfig) -> list[LabHost]:
+    """Hosts that have a folder under hosts/ (running or not), by index."""
+    if not cfg.hosts_dir.is_dir():
+        return []
+    found = []
+    for d in cfg.hosts_dir.iterdir():
+        if d.name.startswith("h") and d.name[1:].isdigit():
+            i = int(d.name[1:])
+            found.append(LabHost(d.name, i, cfg.host_ip(i)))
+    return sorted(found, key=lambda h: h.index)
+
+
+def running(cfg: LabConfig, host: LabHost) -> int | None:
+    return pid_alive(host.pid_file(cfg), "systemd-nspawn")
+
+
+# ---- cgroups -------------------------------------------------------------------------------------
+def _cgroup_dirs(host: LabHost) -> list[Path]:
+    """This host's cgroup folders: v1 name=systemd + v2 (hybrid), or v2 alone (unified)."""
+    base = Path("/sys/fs/cgroup")
+    if (base / "unified").is_dir() and (base / "systemd").is_dir():
+        return [base / "systemd" / host.cgroup, base / "unified" / host.cgroup]
+    return [base / host.cgroup]
+
+
+def _remove_cgroup(path: Path) -> None:
+    if not path.is_dir():
+        return
+    for sub in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        try:
+            sub.rmdir()
+        except OSError:
+            pass
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+
+
+# ---- identity written before boot ----------------------------------------------------------------
+def write_identity(cfg: LabConfig, host: LabHost, all_hosts: list[LabHost]) -> str:
+    """Hostname, /etc/hosts, machine-id and a fresh SSH host key; return the known_hosts line."""
+    root = host.root(cfg)
+    (root / "etc/hostname").write_text(host.name + "\n")
+    lines = ["127.0.0.1\tlocalhost", f"127.0.1.1\t{host.name}", f"{cfg.gateway}\tlab-gateway"]
+    lines += [f"{h.address}\t{h.name}" for h in all_hosts if h.name != host.name]
+    (root / "etc/hosts").write_text("\n".join(lines) + "\n")
+    mid = root / "etc/machine-id"
+    if not mid.read_text().strip():
+        mid.write_text(uuid.uuid4().hex + "\n")
+    key = root / "etc/ssh/ssh_host_ed25519_key"
+    if not key.exists():
+        run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{host.name}", "-f", str(key),
+            what=f"create the SSH host key of {host.name}")
+    pub = Path(str(key) + ".pub").read_text().split()
+    return f"{host.address} {pub[0]} {pub[1]}"
+
+
+# ---- boot / stop ---------------------------------------------------------------------------------
+def mount_root(cfg: LabConfig, host: LabHost, lower: Path) -> None:
+    d = host.dir(cfg)
+    for sub in ("upper", "work", "root", "docker"):
+        (d / sub).mkdir(parents=True, exist_ok=True)
+    if not ok("mountpoint", "-q", str(host.root(cfg))):
+        run("mount", "-t", "overlay", "overlay", "-o",
+            f"lowerdir={lower},upperdir={d / 'upper'},workdir={d / 'work'}", str(host.root(cfg)),
+            what=f"mount the root filesystem of {host.name}")
+
+
+def boot(cfg: LabConfig, host: LabHost, netns_name: str) -> None:
+    """Start systemd-nspawn for one host in the background, inside the host's own cgroup."""
+    cgroups = _cgroup_dirs(host)
+    for cg in cgroups:
+        cg.mkdir(exist_ok=True)
+
+    def enter_cgroup() -> None:  # runs in the child between fork and exec
+        for cg in cgroups:
+            (cg / "cgroup.procs").write_text(str(os.getpid()))
+
+    argv = ["systemd-nspawn", "-q", "-D", str(host.root(cfg)), f"--machine={host.name}",
+            f"--network-namespace-path=/run/netns/{netns_name}", *NSPAWN_FLAGS,
+            f"--bind={host.dir(cfg) / 'docker'}:/var/lib/docker"]
+    env = dict(os.environ, SYSTEMD_NSPAWN_UNIFIED_HIERARCHY="1")
+    with host.log_file(cfg).open("w") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True, preexec_fn=enter_cgroup)
+    host.pid_file(cfg).write_text(f"{proc.pid}\n")
+
+
+def wait_ready(cfg: LabConfig, host: LabHost, deadline_s: float) -> str:
+    """Wait until SSH answers and systemd finished booting; return systemd's state (running/degraded)."""
+    end = time.monotonic() + deadline_s
+    last = ""
+    while time.monotonic() < end:
+        if not running(cfg, host):
+            raise LabError(f"lab host {host.name} stopped while booting: {tail(host.log_file(cfg), 4)}")
+        proc = subprocess.run(
+            ["ssh", "-F", str(cfg.ssh_config), "-o", "ConnectTimeout=2", host.name,
+             "systemctl is-system-running --wait"],
+            capture_output=True, text=True, timeout=deadline_s,
+        )
+        state = proc.stdout.strip()
+        if state in ("running", "degraded"):
+            return state
+        last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
+        last = last[0]
+        time.sleep(0.2)
+    raise LabError(
+        f"lab host {host.name} ({host.address}) was not reachable over SSH within {deadline_s:.0f}s "
+        f"(last: {last or 'no answer'}); boot log: {tail(host.log_file(cfg), 3)}"
+    )
+
+
+def stop(cfg: LabConfig, host: LabHost) -> int | None:
+    """Send SIGTERM (systemd powers off cleanly); return the pid still to wait for, if any."""
+    pid = running(cfg, host)
+    if pid:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return None
+    return pid
+
+
+def reap(cfg: LabConfig, host: LabHost, pid: int | None, deadline_s: float = 30) -> list[str]:
+    """Wait for the host to power off (SIGKILL after the deadline), then unmount and delete its files."""
+    problems = []
+    if pid:
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end and running(cfg, host):
+            time.sleep(0.1)
+        if running(cfg, host):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            time.sleep(0.5)
+    for cg in _cgroup_dirs(host):
+        _remove_cgroup(cg)
+        if cg.exists():
+            problems.append(f"cgroup {cg}")
+    root = host.root(cfg)
+    if ok("mountpoint", "-q", str(root)) and not ok("umount", str(root)):
+        if not ok("umount", "-l", str(root)):
+            problems.append(f"mount {root}")
+    if not ok("mountpoint", "-q", str(root)):
+        shutil.rmtree(host.dir(cfg), ignore_errors=True)
+    if host.dir(cfg).exists():
+        problems.append(f"folder {host.dir(cfg)}")
+    return problems
