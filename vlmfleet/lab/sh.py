@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import time
@@ -56,8 +57,8 @@ def port_in_use(address: str, port: int) -> bool:
 def who_listens(port: int) -> str:
     """A short description of the process on a TCP port, from ss, or '' when unknown."""
     proc = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True)
-    line = proc.stdout.strip().splitlines()
-    return line[0].split()[-1] if line and proc.returncode == 0 else ""
+    m = re.search(r'"([^"]+)",pid=(\d+)', proc.stdout)
+    return f"{m.group(1)} (pid {m.group(2)})" if m else ""
 
 
 def wait_tcp(address: str, port: int, deadline_s: float) -> bool:
