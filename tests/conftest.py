@@ -41,3 +41,10 @@ def run_pyinfra(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     if check and proc.returncode != 0:
         raise AssertionError(f"pyinfra {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say how many lab-tier tests ran, so a CI log shows the lab was really exercised."""
+    ran = [r for key in ("passed", "failed", "error") for r in terminalreporter.stats.get(key, [])
+           if getattr(r, "when", "call") == "call" and "lab" in getattr(r, "keywords", {})]
+    terminalreporter.write_line(f"lab tier: {len(ran)} tests executed against the lab hosts")

@@ -1,0 +1,54 @@
+# vlmfleet — every target runs as root on a Debian 12 machine (the lab creates namespaces and containers).
+#   make demo   bring up the lab and run the main job (deploys/vlm.py) against it
+#   make test   run every test tier (fast + lab); CI runs exactly this
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+# Debian packages the lab and the tests use on this machine (tools, not services: see host-deps)
+HOST_PKGS := debootstrap systemd systemd-container apt-cacher-ng docker-registry iptables iproute2 \
+             openssh-client zstd curl ca-certificates
+
+.PHONY: deps host-deps demo lab lab-status lab-down test test-fast clean
+
+deps: host-deps $(VENV)/.installed
+
+host-deps:
+	@missing=$$(for p in $(HOST_PKGS); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "make: installing Debian packages:" $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  if [ -d /run/systemd/system ]; then \
+	    echo "make: the lab runs its own apt-cacher-ng and registry; disabling the system-wide services"; \
+	    systemctl disable --now apt-cacher-ng.service docker-registry.service >/dev/null 2>&1 || true; \
+	  fi; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+	$(VENV)/bin/pip install -q -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
+	$(VENV)/bin/vlmfleet --help >/dev/null
+	touch $@
+
+demo: deps
+	$(VENV)/bin/vlmfleet lab up
+	$(VENV)/bin/pyinfra -y inventories/lab.py deploys/vlm.py
+
+lab: deps
+	$(VENV)/bin/vlmfleet lab up
+
+lab-status: deps
+	$(VENV)/bin/vlmfleet lab status
+
+lab-down: deps
+	$(VENV)/bin/vlmfleet lab down
+
+test: deps
+	$(VENV)/bin/pytest -m 'lab or not lab'
+
+test-fast: deps
+	$(VENV)/bin/pytest
+
+clean: lab-down
+	rm -rf $(VENV)

@@ -1,0 +1,25 @@
+"""Example production fleet: replace the placeholder hosts and SSH data with yours.
+
+    pyinfra inventories/prod.py deploys/vlm.py            # plan, confirm, apply
+    pyinfra inventories/prod.py deploys/vlm.py --dry --diff
+    pyinfra inventories/prod.py deploys/vlm.py --limit qwen7b
+
+Groups select the model profile (group_data/<group>.py); host data here overrides group data.
+"""
+
+_ssh = {
+    "ssh_user": "deploy",  # a sudo user with key auth on every GPU box
+    "ssh_key": "~/.ssh/id_ed25519",
+    "_sudo": True,
+}
+
+# Qwen2.5-VL-7B-Instruct, one server per host
+qwen7b = [
+    ("gpu-a10-01.example.internal", dict(_ssh)),
+    ("gpu-a10-02.example.internal", dict(_ssh)),
+]
+
+# Qwen2.5-VL-72B-Instruct-AWQ, tensor parallel across the host's GPUs
+qwen72b_awq = [
+    ("gpu-a100-01.example.internal", dict(_ssh)),
+]
