@@ -1,0 +1,278 @@
+"""The catalog: models, GPUs and vLLM versions, read from the YAML files beside this module.
+
+Pure Python (no pyinfra). Every lookup failure is a CatalogError naming what was asked for and what exists.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+GIB = 1024**3
+MIB = 1024**2
+
+
+class CatalogError(ValueError):
+    """A catalog lookup or a config.json that cannot be used; the message says what to do."""
+
+
+# ---- models ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TextArch:
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    tie_embeddings: bool
+    max_position_embeddings: int
+
+
+@dataclass(frozen=True)
+class VisionArch:
+    depth: int
+    hidden: int
+    heads: int
+    intermediate: int
+    patch: int
+    temporal_patch: int
+    spatial_merge: int
+    out_hidden: int
+
+    @property
+    def pixels_per_token(self) -> int:
+        """Pixels of one LLM token: (patch x merge)^2 = 28 x 28 = 784 for Qwen2.5-VL."""
+        return (self.patch * self.spatial_merge) ** 2
+
+
+@dataclass(frozen=True)
+class AwqConfig:
+    bits: int = 4
+    group_size: int = 128
+    zero_point: bool = True
+    version: str = "gemm"
+    modules_to_not_convert: tuple[str, ...] = ("visual",)
+
+
+@dataclass(frozen=True)
+class Model:
+    id: str
+    hf: str
+    modelscope: str
+    quantization: str | None  # None or "awq"
+    torch_dtype: str
+    text: TextArch
+    vision: VisionArch
+    params_b: float
+    disk_gb: float
+    awq: AwqConfig | None = None
+    verify: tuple[str, ...] = ()  # fields still unconfirmed by a real config.json
+    source: str = "catalog"  # "catalog" or the path of the config.json that filled it
+
+    @property
+    def served_name(self) -> str:
+        return self.id
+
+
+def _model_from(entry_id: str, raw: dict[str, Any]) -> Model:
+    awq = raw.get("awq")
+    return Model(
+        id=entry_id,
+        hf=raw["hf"],
+        modelscope=raw["modelscope"],
+        quantization=raw.get("quantization"),
+        torch_dtype=raw["torch_dtype"],
+        text=TextArch(**raw["text"]),
+        vision=VisionArch(**raw["vision"]),
+        params_b=float(raw["params_b"]),
+        disk_gb=float(raw["disk_gb"]),
+        awq=AwqConfig(**{**awq, "modules_to_not_convert": tuple(awq["modules_to_not_convert"])}) if awq else None,
+        verify=tuple(raw.get("verify", ())),
+    )
+
+
+@lru_cache(maxsize=None)
+def _load(name: str) -> dict[str, Any]:
+    with (HERE / name).open() as fh:
+        return yaml.safe_load(fh)
+
+
+def models() -> dict[str, Model]:
+    return {k: _model_from(k, v) for k, v in _load("models.yaml")["models"].items()}
+
+
+def model(model_id: str) -> Model:
+    """A catalog model by id (``qwen2.5-vl-7b-instruct``) or by its Hugging Face / ModelScope repo id."""
+    all_models = models()
+    key = model_id.strip().lower()
+    for m in all_models.values():
+        if key in (m.id, m.hf.lower(), m.modelscope.lower()):
+            return m
+    raise CatalogError(f"unknown model {model_id!r}; known: {', '.join(all_models)}")
+
+
+def model_with_config(base: Model, config: dict[str, Any], source: str) -> Model:
+    """The catalog entry with every architecture number that config.json has replaced by config.json's value.
+
+    + config: a parsed Qwen2.5-VL config.json (``Qwen2_5_VLForConditionalGeneration``; the text fields either at
+      the top level or under ``text_config``, as transformers 4.5x writes them)
+    """
+    archs = config.get("architectures") or []
+    if archs and not any("Qwen2_5_VL" in a for a in archs):
+        raise CatalogError(f"{source}: architectures {archs} is not Qwen2.5-VL; pass the config.json of a Qwen2.5-VL checkpoint")
+    text_cfg = {**config, **(config.get("text_config") or {})}
+    vis = config.get("vision_config") or {}
+    t = base.text
+    head_dim = text_cfg.get("head_dim") or (text_cfg["hidden_size"] // text_cfg["num_attention_heads"]
+                                            if "hidden_size" in text_cfg and "num_attention_heads" in text_cfg else t.head_dim)
+    text = TextArch(
+        layers=int(text_cfg.get("num_hidden_layers", t.layers)),
+        hidden=int(text_cfg.get("hidden_size", t.hidden)),
+        heads=int(text_cfg.get("num_attention_heads", t.heads)),
+        kv_heads=int(text_cfg.get("num_key_value_heads", t.kv_heads)),
+        head_dim=int(head_dim),
+        intermediate=int(text_cfg.get("intermediate_size", t.intermediate)),
+        vocab=int(text_cfg.get("vocab_size", t.vocab)),
+        tie_embeddings=bool(config.get("tie_word_embeddings", text_cfg.get("tie_word_embeddings", t.tie_embeddings))),
+        max_position_embeddings=int(text_cfg.get("max_position_embeddings", t.max_position_embeddings)),
+    )
+    v = base.vision
+    vision = VisionArch(
+        depth=int(vis.get("depth", v.depth)),
+        hidden=int(vis.get("hidden_size", v.hidden)),
+        heads=int(vis.get("num_heads", v.heads)),
+        intermediate=int(vis.get("intermediate_size", v.intermediate)),
+        patch=int(vis.get("patch_size", v.patch)),
+        temporal_patch=int(vis.get("temporal_patch_size", v.temporal_patch)),
+        spatial_merge=int(vis.get("spatial_merge_size", v.spatial_merge)),
+        out_hidden=int(vis.get("out_hidden_size", v.out_hidden)),
+    )
+    qc = config.get("quantization_config") or text_cfg.get("quantization_config")
+    quant = base.quantization
+    awq = base.awq
+    if qc:
+        method = str(qc.get("quant_method", "")).lower()
+        if method != "awq":
+            raise CatalogError(f"{source}: quant_method {method!r} is not supported (vlmfleet plans bf16/fp16 and AWQ checkpoints)")
+        quant = "awq"
+        awq = AwqConfig(
+            bits=int(qc.get("bits", 4)), group_size=int(qc.get("group_size", 128)),
+            zero_point=bool(qc.get("zero_point", True)), version=str(qc.get("version", "gemm")),
+            modules_to_not_convert=tuple(qc.get("modules_to_not_convert") or ()),
+        )
+    elif config:
+        quant, awq = None, None
+    dtype = str(config.get("torch_dtype") or text_cfg.get("torch_dtype") or config.get("dtype") or base.torch_dtype)
+    return replace(base, text=text, vision=vision, quantization=quant, awq=awq, torch_dtype=dtype,
+                   verify=(), source=source)
+
+
+def load_config_json(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        return json.loads(p.read_text())
+    except FileNotFoundError as exc:
+        raise CatalogError(f"config.json not found at {p}; pass the path of the downloaded checkpoint's config.json") from exc
+    except json.JSONDecodeError as exc:
+        raise CatalogError(f"{p} is not valid JSON ({exc.msg} at line {exc.lineno}); re-fetch it") from exc
+
+
+# ---- GPUs ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GpuKind:
+    id: str
+    match: str
+    memory_mib: int
+    cc: str
+    bf16: bool
+    fp8_kv: dict[str, str]
+    awq_kernel: str
+    interconnect: str
+
+    @property
+    def cc_tuple(self) -> tuple[int, int]:
+        major, minor = self.cc.split(".")
+        return int(major), int(minor)
+
+
+def gpu_kinds() -> dict[str, GpuKind]:
+    out = {}
+    for k, v in _load("gpus.yaml")["gpus"].items():
+        out[k] = GpuKind(id=k, match=v["match"], memory_mib=int(v["memory_mib"]), cc=str(v["cc"]), bf16=bool(v["bf16"]),
+                         fp8_kv={str(a): str(b) for a, b in v["fp8_kv"].items()}, awq_kernel=v["awq_kernel"],
+                         interconnect=v["interconnect"])
+    return out
+
+
+def gpu_kind(name: str) -> GpuKind:
+    """A GPU kind by catalog id (``T4``, ``A100-40``) or by nvidia-smi's name (``Tesla T4``, ``NVIDIA H100 80GB HBM3``)."""
+    kinds = gpu_kinds()
+    for k in kinds.values():
+        if name.strip().lower() == k.id.lower():
+            return k
+    for k in kinds.values():
+        if re.search(k.match, name, re.IGNORECASE):
+            return k
+    raise CatalogError(f"unknown GPU {name!r}; known: {', '.join(kinds)} (or nvidia-smi names like 'Tesla T4')")
+
+
+# ---- vLLM versions ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VllmVersion:
+    version: str
+    cuda: str
+    min_driver: str
+    torch: str
+    images: tuple[str, ...]
+    limit_mm_syntax: str  # "kv" (image=5,video=5) or "json"
+    default_gpu_memory_utilization: float
+    counts_cudagraph_memory: bool
+    kv_cache_dtypes: tuple[str, ...]
+    removed_flags: tuple[str, ...]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    notes: str = ""
+
+
+def vllm_versions() -> dict[str, VllmVersion]:
+    out = {}
+    for k, v in _load("vllm.yaml")["versions"].items():
+        out[str(k)] = VllmVersion(
+            version=str(k), cuda=str(v["cuda"]), min_driver=str(v["min_driver"]), torch=str(v["torch"]),
+            images=tuple(v["images"]), limit_mm_syntax=v["limit_mm_syntax"],
+            default_gpu_memory_utilization=float(v["default_gpu_memory_utilization"]),
+            counts_cudagraph_memory=bool(v["counts_cudagraph_memory"]),
+            kv_cache_dtypes=tuple(v["kv_cache_dtypes"]), removed_flags=tuple(v.get("removed_flags", ())),
+            defaults=dict(v.get("defaults", {})), notes=v.get("notes", ""),
+        )
+    return out
+
+
+def vllm_version(version: str) -> VllmVersion:
+    versions = vllm_versions()
+    v = version.strip().lstrip("v")
+    if v not in versions:
+        raise CatalogError(f"vLLM {version!r} is not in the catalog; known: {', '.join(versions)}")
+    return versions[v]
+
+
+def overheads() -> dict[str, float]:
+    """Memory the planner adds outside weights and KV cache (documented in vllm.yaml)."""
+    return {k: float(v) for k, v in _load("vllm.yaml")["overheads"].items()}
+
+
+def driver_at_least(driver: str, minimum: str) -> bool:
+    """Compare NVIDIA driver versions like 550.54.15 >= 550.54."""
+    def parts(s: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in re.findall(r"\d+", s))
+    a, b = parts(driver), parts(minimum)
+    n = max(len(a), len(b))
+    return a + (0,) * (n - len(a)) >= b + (0,) * (n - len(b))

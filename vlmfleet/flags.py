@@ -1,0 +1,82 @@
+"""Render ``vllm serve`` arguments and the container environment from a plan, for the image's vLLM version.
+
+Pure functions: a plan in, lists and dicts out, tested by exact value. Secrets never appear here: the API key
+reaches vLLM as ``VLLM_API_KEY`` from a root-only env file, never as ``--api-key`` in argv.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+from .catalog import VllmVersion
+from .planner import Plan
+
+#: Environment every served model gets.
+BASE_ENV = {
+    # fewer fragmentation OOMs under changing batch shapes (FACTS: a real, useful setting)
+    "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
+    # weights are local and verified; never reach for a hub at serve time
+    "HF_HUB_OFFLINE": "1",
+}
+
+#: NCCL settings by interconnect class, only when tensor parallel > 1. Never blanket: P2P off hurts NVLink.
+NCCL_ENV = {
+    "nvlink": {},
+    "pcie": {},
+    "pcie_no_p2p": {"NCCL_P2P_DISABLE": "1"},
+}
+
+
+def limit_mm_value(version: VllmVersion, images: int, videos: int) -> str:
+    """``image=5,video=0`` (0.8.2) or ``{"image": 5, "video": 0}`` (0.10 and later: JSON only)."""
+    if version.limit_mm_syntax == "kv":
+        return f"image={images},video={videos}"
+    return json.dumps({"image": images, "video": videos}, separators=(",", ":"))
+
+
+def serve_args(plan: Plan, model_path: str, served_name: str, host: str = "0.0.0.0", port: int = 8000) -> list[str]:
+    """The full ``vllm serve`` argv for a plan.
+
+    + model_path: where the weights are inside the container, e.g. ``/models/Qwen2.5-VL-7B-Instruct``
+    + served_name: the name clients send as "model", e.g. ``qwen2.5-vl-7b-instruct``
+    """
+    r = plan.resolved
+    v = plan.version
+    args = [
+        "vllm", "serve", model_path,
+        "--served-model-name", served_name,
+        "--host", host,
+        "--port", str(port),
+        "--tensor-parallel-size", str(plan.tp),
+        "--dtype", plan.dtype,
+        "--max-model-len", str(plan.max_model_len),
+        "--max-num-seqs", str(r.max_num_seqs),
+        "--max-num-batched-tokens", str(r.max_num_batched_tokens),
+        "--gpu-memory-utilization", f"{float(r.gpu_memory_utilization):.2f}",
+        "--limit-mm-per-prompt", limit_mm_value(v, int(r.limit_images), int(r.limit_videos)),
+    ]
+    if int(r.max_pixels) != int(v.defaults["max_pixels"]):
+        args += ["--mm-processor-kwargs", json.dumps({"max_pixels": int(r.max_pixels)}, separators=(",", ":"))]
+    if r.kv_cache_dtype != "auto":
+        args += ["--kv-cache-dtype", r.kv_cache_dtype]
+    if plan.quantization:
+        args += ["--quantization", plan.quantization]
+    if r.enforce_eager:
+        args.append("--enforce-eager")
+    if v.version.startswith("0.8."):
+        args.append("--disable-log-requests")  # prompts stay out of the journal (0.33 logs none by default)
+    return args
+
+
+def serve_env(plan: Plan) -> dict[str, str]:
+    """Environment for the container: allocator, offline hub, and NCCL settings for the interconnect."""
+    env = dict(BASE_ENV)
+    if plan.tp > 1:
+        env.update(NCCL_ENV[plan.inventory.interconnect])
+    return env
+
+
+def command_line(args: list[str]) -> str:
+    """One shell-quoted line, for humans (README, plan output)."""
+    return shlex.join(args)
