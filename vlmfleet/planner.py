@@ -362,6 +362,12 @@ def plan(m: Model, inv: Inventory, version: VllmVersion, wish: Wish = Wish(), pr
     for f in m.verify:
         warnings.append(Finding("config", f"{f} is the catalog's value, not confirmed by a downloaded config.json",
                                 "plan with --config PATH/config.json (the weights stage does this)"))
+    alt = _unverified_intermediate_alternative(m)
+    if alt and not problems and tp_problems(alt, tp):
+        warnings.append(Finding("awq-tp", f"tp {tp} relies on intermediate_size {m.text.intermediate} (the AWQ "
+                                f"repository's, per the catalog); a checkpoint with {alt.text.intermediate} only "
+                                f"aligns to group_size at tp {valid_tps(alt, inv.count)}",
+                                "confirm with --config PATH/config.json before rolling out"))
 
     ckpt_dtype = "float16" if m.quantization == "awq" else m.torch_dtype
     want = resolved.dtype
@@ -475,8 +481,10 @@ def plan(m: Model, inv: Inventory, version: VllmVersion, wish: Wish = Wish(), pr
                                 f"({(total - budget) / GIB:.1f} GiB): capture may run out of memory",
                                 "lower gpu_memory_utilization or set enforce_eager"))
     if n_img and n_img * img_tok > max_len:
-        warnings.append(Finding("limit_images", f"{n_img} images of up to {img_tok} tokens each ({n_img * img_tok}) "
-                                f"cannot fit one {max_len}-token prompt", "lower max_pixels or the image limit"))
+        what = f"{n_img} images of up to {img_tok} tokens each ({n_img * img_tok})" if n_img > 1 else \
+            f"one image of up to {img_tok} tokens"
+        warnings.append(Finding("limit_images", f"{what} cannot fit one {max_len}-token prompt",
+                                "lower max_pixels, the image limit, or raise max_model_len"))
     if n_vid and vid_tok > 32768:
         notes.append(f"profiling encodes a {vid_tok}-token dummy video (limit {n_vid}); limit videos to 0 or lower "
                      "max_pixels / max_model_len if video is not needed")
@@ -533,6 +541,19 @@ def largest_fitting_len(m: Model, inv: Inventory, version: VllmVersion, wish: Wi
         else:
             hi = mid
     return lo
+
+
+def _unverified_intermediate_alternative(m: Model) -> Model | None:
+    """The same AWQ model with its base model's intermediate_size, when the catalog's value is unverified."""
+    if m.quantization != "awq" or "text.intermediate" not in m.verify:
+        return None
+    try:
+        base = model(m.id.removesuffix("-awq"))
+    except CatalogError:
+        return None
+    if base.text.intermediate == m.text.intermediate:
+        return None
+    return replace(m, text=replace(m.text, intermediate=base.text.intermediate))
 
 
 # ---- the ladder --------------------------------------------------------------------------------------------

@@ -70,7 +70,8 @@ def check(argv: list[str], version: str) -> list[str]:
         spec = flags.get(name)
         if spec is None:
             problems.append(f"{name} does not exist in vLLM {version}")
-            i += 1
+            has_value = not eq and i + 1 < len(args) and not args[i + 1].startswith("-")
+            i += 2 if has_value else 1
             continue
         if not spec["takes_value"]:
             i += 1

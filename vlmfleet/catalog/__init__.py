@@ -264,6 +264,24 @@ def vllm_version(version: str) -> VllmVersion:
     return versions[v]
 
 
+@dataclass(frozen=True)
+class Profile:
+    id: str
+    model_id: str
+    wish: dict[str, Any]
+
+
+def profiles() -> dict[str, Profile]:
+    return {k: Profile(k, v["model"], dict(v.get("wish", {}))) for k, v in _load("profiles.yaml")["profiles"].items()}
+
+
+def profile(profile_id: str) -> Profile:
+    all_profiles = profiles()
+    if profile_id not in all_profiles:
+        raise CatalogError(f"unknown profile {profile_id!r}; known: {', '.join(all_profiles)}")
+    return all_profiles[profile_id]
+
+
 def overheads() -> dict[str, float]:
     """Memory the planner adds outside weights and KV cache (documented in vllm.yaml)."""
     return {k: float(v) for k, v in _load("vllm.yaml")["overheads"].items()}
