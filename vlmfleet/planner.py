@@ -447,7 +447,7 @@ def plan(m: Model, inv: Inventory, version: VllmVersion, wish: Wish = Wish(), pr
     # -- memory --------------------------------------------------------------------------------------------
     oh = overheads()
     dbytes = DTYPE_BYTES[dtype]
-    total = inv.memory_mib * MIB
+    total = (inv.memory_mib - inv.kind.reserved_mib) * MIB  # CUDA's total, what vLLM multiplies
     util = float(resolved.gpu_memory_utilization)
     budget = int(total * util)
     weights = weight_bytes(m, tp)
@@ -643,7 +643,7 @@ def propose_fix(p: Plan) -> Proposal | None:
         for t in [base.tp] + [t for t in valid_tps(sib, inv.count) if t != base.tp]:
             if tp_problems(sib, t) or t > inv.count:
                 continue
-            q = attempt(replace(awq_wish, tp=t))
+            q = attempt(replace(awq_wish, tp=t), sib)
             if q:
                 extra = {} if t == base.tp else {"tp": t}
                 return Proposal({**changes, **extra, "model": sib.id}, f"serve the AWQ checkpoint {sib.hf}", q, sib.id)

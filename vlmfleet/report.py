@@ -31,7 +31,7 @@ def breakdown_rows(p: Plan) -> list[tuple[str, str, str]]:
     if r.enforce_eager:
         graphs_note = "--enforce-eager"
     return [
-        ("total", _gib(mem.total), f"{p.inventory.memory_mib} MiB"),
+        ("total", _gib(mem.total), f"CUDA's total: {p.inventory.memory_mib} MiB less {p.inventory.kind.reserved_mib} reserved"),
         ("budget", _gib(mem.budget), f"gpu_memory_utilization {float(r.gpu_memory_utilization):.2f}"),
         ("weights", _gib(mem.weights), f"tp {p.tp}, {p.model.quantization or p.dtype}"),
         ("profiling peak", _gib(mem.activation),

@@ -192,6 +192,7 @@ class GpuKind:
     id: str
     match: str
     memory_mib: int
+    reserved_mib: int
     cc: str
     bf16: bool
     fp8_kv: dict[str, str]
@@ -207,7 +208,7 @@ class GpuKind:
 def gpu_kinds() -> dict[str, GpuKind]:
     out = {}
     for k, v in _load("gpus.yaml")["gpus"].items():
-        out[k] = GpuKind(id=k, match=v["match"], memory_mib=int(v["memory_mib"]), cc=str(v["cc"]), bf16=bool(v["bf16"]),
+        out[k] = GpuKind(id=k, match=v["match"], memory_mib=int(v["memory_mib"]), reserved_mib=int(v["reserved_mib"]), cc=str(v["cc"]), bf16=bool(v["bf16"]),
                          fp8_kv={str(a): str(b) for a, b in v["fp8_kv"].items()}, awq_kernel=v["awq_kernel"],
                          interconnect=v["interconnect"])
     return out
