@@ -8,7 +8,11 @@ VENV := .venv
 HOST_PKGS := debootstrap systemd systemd-container apt-cacher-ng docker-registry iptables iproute2 \
              openssh-client zstd curl ca-certificates
 
-.PHONY: deps host-deps demo lab lab-status lab-down test test-fast clean
+# the parser tier: real vLLM parsers (0.33.0 installed from PyPI; 0.8.2's wheel read as source)
+VLLM_033 := .cache/vllm-0.33.0
+WHEEL_082 := .cache/wheels/vllm-0.8.2-cp38-abi3-manylinux1_x86_64.whl
+
+.PHONY: deps host-deps demo lab lab-status lab-down test test-fast vllm-parsers clean
 
 deps: host-deps $(VENV)/.installed
 
@@ -44,8 +48,20 @@ lab-status: deps
 lab-down: deps
 	$(VENV)/bin/vlmfleet lab down
 
-test: deps
-	$(VENV)/bin/pytest -m 'lab or not lab'
+$(VLLM_033)/.installed:
+	$(PYTHON) -m venv $(VLLM_033)
+	$(VLLM_033)/bin/pip install -q vllm==0.33.0 2>&1 | grep -v '^WARNING: Location' || true
+	$(VLLM_033)/bin/python -c 'import vllm; assert vllm.__version__ == "0.33.0"'
+	touch $@
+
+$(WHEEL_082):
+	$(VENV)/bin/pip download -q --no-deps vllm==0.8.2 -d .cache/wheels 2>&1 | grep -v '^WARNING: Location' || true
+	test -f $@
+
+vllm-parsers: deps $(VLLM_033)/.installed $(WHEEL_082)
+
+test: deps vllm-parsers
+	$(VENV)/bin/pytest -m 'lab or parser or not (lab or parser)'
 
 test-fast: deps
 	$(VENV)/bin/pytest

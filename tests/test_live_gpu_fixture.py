@@ -1,0 +1,39 @@
+"""The plan made on a real H100 from its live nvidia-smi is reproduced here from the committed fixture.
+
+tests/fixtures/gpu/h100-device/ holds the real bytes tools/capture_gpu_facts.sh captured on an NVIDIA H100 80GB
+HBM3 (driver 580.159.04): the preflight query's CSV, `nvidia-smi topo -m`, and the JSON that
+`vlmfleet plan --gpus local` printed there. After changing the planner's constants, capture again on a GPU
+machine (`tools/capture_gpu_facts.sh tests/fixtures/gpu/h100-device`).
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FIX = Path(__file__).parent / "fixtures" / "gpu" / "h100-device"
+CASES = [(m, v) for m in ("qwen2.5-vl-7b-instruct", "qwen2.5-vl-72b-instruct-awq") for v in ("0.8.2", "0.33.0")]
+
+
+@pytest.mark.parametrize("model, version", CASES)
+def test_fixture_reproduces_the_live_plan(model, version):
+    live = json.loads((FIX / f"plan-{model}-{version}.json").read_text())
+    proc = subprocess.run(
+        [sys.executable, "-m", "vlmfleet.cli", "plan", "--nvidia-smi-csv", str(FIX / "nvidia-smi-query.csv"),
+         "--nvidia-smi-topo", str(FIX / "nvidia-smi-topo.txt"), "--model", model, "--vllm", version,
+         "--max-model-len", "32768", "--max-num-seqs", "16", "--limit-images", "5", "--limit-videos", "0",
+         "--max-pixels", "1003520", "--format", "json"], capture_output=True, text=True)
+    assert proc.returncode in (0, 4), proc.stderr
+    assert json.loads(proc.stdout) == live
+
+
+def test_live_facts_are_a_real_h100():
+    csv = (FIX / "nvidia-smi-query.csv").read_text()
+    assert csv == "0, NVIDIA H100 80GB HBM3, 81559, 9.0, 580.159.04, 00000000:00:06.0\n"
+    ctx = json.loads((FIX / "cuda-context.json").read_text())
+    # CUDA's total is nvidia-smi's minus what the driver reserves: the catalog's reserved_mib for H100
+    assert (81559 * 2**20 - ctx["total_bytes"]) / 2**20 == pytest.approx(480, abs=1)
+    # CUDA context + cuBLAS outside PyTorch's allocator: the planner's non_torch_gib (0.7) covers it
+    assert (ctx["used_after_context_and_cublas_bytes"] - ctx["torch_allocated_bytes"]) / 2**30 < 0.7

@@ -1,0 +1,80 @@
+"""The seed document's commands through the planner: verdicts, reasons, corrected flags, and the README table."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vlmfleet.catalog import vllm_version
+from vlmfleet.report import seed_markdown
+from vlmfleet.seed import SEED_COMMANDS, parse_command, seed_rows
+
+V082 = vllm_version("0.8.2")
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return {r.seed.id: r for r in seed_rows(V082)}
+
+
+def test_every_seed_deployment_is_evaluated(rows):
+    assert list(rows) == ["7b-1xA10", "7b-2xA10", "7b-4xT4-awq", "72b-awq-4gpu", "72b-awq-4xA100-40", "72b-awq-8xT4"]
+
+
+def test_verdicts(rows):
+    assert {k: r.plan.verdict for k, r in rows.items()} == {
+        "7b-1xA10": "does not fit", "7b-2xA10": "fits", "7b-4xT4-awq": "invalid", "72b-awq-4gpu": "fits",
+        "72b-awq-4xA100-40": "fits", "72b-awq-8xT4": "invalid"}
+
+
+def test_one_a10_at_the_default_128k_context(rows):
+    r = rows["7b-1xA10"]
+    assert r.plan.max_model_len == 128000 and r.plan.kv_capacity_tokens < 128000
+    assert r.plan.proposal.reason.startswith("lower max_model_len to")
+    assert r.final.verdict == "fits"
+
+
+def test_awq_flag_on_the_bf16_7b_is_the_error(rows):
+    r = rows["7b-4xT4-awq"]
+    assert [e.key for e in r.plan.errors] == ["quantization"]
+    assert "--quantization" not in r.corrected_args()
+
+
+def test_fp8_kv_on_t4_is_the_error_and_the_fix_drops_it(rows):
+    r = rows["72b-awq-8xT4"]
+    assert [e.key for e in r.plan.errors] == ["kv_cache_dtype"]
+    assert r.plan.proposal.changes == {"kv_cache_dtype": "auto"}
+    args = r.corrected_args()
+    assert "--kv-cache-dtype" not in args and args[args.index("--quantization") + 1] == "awq"
+
+
+def test_api_key_in_argv_is_flagged_and_never_rendered(rows):
+    r = rows["72b-awq-4gpu"]
+    assert [f.key for f in r.parsed.findings] == ["flags", "secrets"]
+    assert "xxx" not in r.corrected_args() and "--api-key" not in r.corrected_args()
+
+
+def test_parse_command_reads_env_flags_and_limits():
+    parsed = parse_command(SEED_COMMANDS[4].command, V082)
+    assert parsed.env == {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+    w = parsed.wish
+    assert (w.tp, w.gpu_memory_utilization, w.max_model_len, w.limit_images, w.limit_videos) == (4, 0.9, 16384, 10, 5)
+    assert parsed.model.id == "qwen2.5-vl-72b-instruct-awq"
+
+
+def test_parse_command_reports_flags_that_do_not_exist():
+    parsed = parse_command("vllm serve Qwen/Qwen2.5-VL-7B-Instruct --swap-space 16G --chunked-prefix-reserve-ratio 0.2",
+                           V082)
+    assert [str(f) for f in parsed.findings] == ["--swap-space expects a number, got '16G'",
+                                                 "--chunked-prefix-reserve-ratio does not exist in vLLM 0.8.2"]
+
+
+def test_readme_carries_the_generated_seed_table():
+    generated = seed_markdown(seed_rows(V082))
+    text = README.read_text()
+    m = re.search(r"<!-- seed-table:begin -->\n(.*?)<!-- seed-table:end -->", text, re.S)
+    assert m, "README lacks the seed-table markers"
+    assert m.group(1) == generated, "README's seed table is stale: regenerate with `vlmfleet plan --seed-table --vllm 0.8.2 --format md`"
