@@ -68,6 +68,14 @@ def test_real_parser_rejects_what_the_seed_and_old_versions_wrote():
     assert [r["ok"] for r in results] == [False, False, False, False, False, False, True], results
 
 
+def test_flags_the_catalog_calls_removed_are_rejected_and_log_requests_is_not():
+    v = vllm_version("0.33.0")
+    argvs = [["vllm", "serve", "/m", flag, "1"] for flag in v.removed_flags]
+    argvs.append(["vllm", "serve", "/m", "--disable-log-requests"])
+    results = real_parse(argvs)
+    assert [r["ok"] for r in results] == [False] * len(v.removed_flags) + [True], results
+
+
 def test_corrected_seed_commands_parse_on_0_33():
     from vlmfleet.seed import evaluate
 
