@@ -1,8 +1,6 @@
 """The seed document's commands through the planner: verdicts, reasons, corrected flags, and the README table."""
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest

@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from .catalog import GIB, MIB, CatalogError, Model, VllmVersion, driver_at_least, model, models, overheads, vllm_version
+from .catalog import GIB, MIB, CatalogError, Model, VllmVersion, driver_at_least, model, overheads
 from .gpus import Inventory
 
 BLOCK_SIZE = 16
@@ -202,7 +202,7 @@ def weight_bytes(m: Model, tp: int = 1) -> int:
     return math.ceil(sharded / tp) + replicated
 
 
-def tp_problems(m: Model, tp: int, version: VllmVersion | None = None) -> list[str]:
+def tp_problems(m: Model, tp: int) -> list[str]:
     """Every dimension that tensor parallel size ``tp`` cannot split for this model (empty: tp is valid)."""
     t, v = m.text, m.vision
     out = []
@@ -252,22 +252,10 @@ def video_item_tokens(version: VllmVersion, seq_len: int, n_img: int, n_vid: int
     """Tokens of the dummy video vLLM profiles (qwen2_vl.py get_num_frames_with_most_features)."""
     if n_vid <= 0:
         return 0
-    budget = seq_len - (n_img * img_tok if version_frames_after_images(version) else 0)
+    budget = seq_len - (n_img * img_tok if version.video_frames_after_images else 0)
     total_frames = 2 * (budget // img_tok) if budget >= img_tok else 0
-    frames = max(min(total_frames // max(n_vid, 1), max_frames(version)), 1)
+    frames = max(min(total_frames // max(n_vid, 1), version.max_frames_per_video), 1)
     return math.ceil(frames / 2) * img_tok
-
-
-def max_frames(version: VllmVersion) -> int:
-    from .catalog import _load
-
-    return int(_load("vllm.yaml")["versions"][version.version]["max_frames_per_video"])
-
-
-def version_frames_after_images(version: VllmVersion) -> bool:
-    from .catalog import _load
-
-    return bool(_load("vllm.yaml")["versions"][version.version]["video_frames_after_images"])
 
 
 def encoder_bytes(m: Model, tp: int, mm_tokens: int, dtype_bytes: int) -> int:
@@ -354,9 +342,9 @@ def plan(m: Model, inv: Inventory, version: VllmVersion, wish: Wish = Wish(), pr
     if tp > inv.count:
         errors.append(Finding("tp", f"tensor_parallel_size {tp} needs {tp} GPUs, the host has {inv.count}",
                               f"tp <= {inv.count}"))
-    problems = tp_problems(m, tp, version)
+    problems = tp_problems(m, tp)
     if problems:
-        ok = [t for t in valid_tps(m, inv.count)]
+        ok = valid_tps(m, inv.count)
         errors.append(Finding("tp", f"tensor_parallel_size {tp} is invalid for {m.id}: " + "; ".join(problems),
                               f"tp in {ok}" if ok else "a model with fewer heads, or more GPUs"))
     for f in m.verify:
@@ -660,10 +648,3 @@ def propose_fix(p: Plan) -> Proposal | None:
             return Proposal({**combo, "max_model_len": n}, "raise utilisation and tp, lower max_model_len", q)
     return None
 
-
-def all_models() -> dict[str, Model]:
-    return models()
-
-
-def resolve_version(v: str) -> VllmVersion:
-    return vllm_version(v)

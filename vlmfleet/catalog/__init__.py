@@ -240,6 +240,8 @@ class VllmVersion:
     kv_cache_dtypes: tuple[str, ...]
     removed_flags: tuple[str, ...]
     defaults: dict[str, Any] = field(default_factory=dict)
+    max_frames_per_video: int = 16
+    video_frames_after_images: bool = True
     notes: str = ""
 
 
@@ -252,7 +254,8 @@ def vllm_versions() -> dict[str, VllmVersion]:
             default_gpu_memory_utilization=float(v["default_gpu_memory_utilization"]),
             counts_cudagraph_memory=bool(v["counts_cudagraph_memory"]),
             kv_cache_dtypes=tuple(v["kv_cache_dtypes"]), removed_flags=tuple(v.get("removed_flags", ())),
-            defaults=dict(v.get("defaults", {})), notes=v.get("notes", ""),
+            defaults=dict(v.get("defaults", {})), max_frames_per_video=int(v["max_frames_per_video"]),
+            video_frames_after_images=bool(v["video_frames_after_images"]), notes=v.get("notes", ""),
         )
     return out
 
