@@ -1,9 +1,9 @@
 """The main job: `pyinfra inventories/prod.py deploys/vlm.py`.
 
-Stages run in order; for now the first proof deploy (stage ``hello``) — the real stages (preflight, base,
-weights, image, service, health) land with the issue "The main job".
+Stages, in order: preflight -> base -> weights -> image -> service -> health. Each is a packaged @deploy in
+vlmfleet.stages; `vlm_stages` (data) picks a subset, e.g. --data vlm_stages=preflight,health.
 """
 
-from vlmfleet.stages.hello import hello
+from vlmfleet.stages.run import run_stages
 
-hello()
+run_stages()

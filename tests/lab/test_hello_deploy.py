@@ -27,9 +27,9 @@ def fresh_lab(lab, lab_cfg):
 
 @pytest.fixture(scope="module")
 def two_runs(fresh_lab):
-    first = run_pyinfra("-y", "inventories/lab.py", "deploys/vlm.py")
+    first = run_pyinfra("-y", "inventories/lab.py", "deploys/hello.py")
     started = {h["name"]: _active_since(fresh_lab, h["name"]) for h in fresh_lab["hosts"]}
-    second = run_pyinfra("-y", "inventories/lab.py", "deploys/vlm.py")
+    second = run_pyinfra("-y", "inventories/lab.py", "deploys/hello.py")
     return first, second, started
 
 

@@ -120,6 +120,18 @@ def write_identity(cfg: LabConfig, host: LabHost, all_hosts: list[LabHost]) -> s
     return f"{host.address} {pub[0]} {pub[1]}"
 
 
+def install_gpu_standin(cfg: LabConfig, host: LabHost, spec: str) -> None:
+    """The simulated GPUs: /etc/vlmfleet-lab/gpus.json and the nvidia-smi stand-in as /usr/bin/nvidia-smi."""
+    from .layout import gpus_json
+
+    root = host.root(cfg)
+    (root / "etc/vlmfleet-lab").mkdir(parents=True, exist_ok=True)
+    (root / "etc/vlmfleet-lab/gpus.json").write_text(gpus_json(spec))
+    smi = root / "usr/bin/nvidia-smi"
+    smi.write_bytes((Path(__file__).parent / "standins" / "nvidia_smi_standin.py").read_bytes())
+    smi.chmod(0o755)
+
+
 # ---- boot / stop ---------------------------------------------------------------------------------
 def mount_root(cfg: LabConfig, host: LabHost, lower: Path) -> None:
     d = host.dir(cfg)

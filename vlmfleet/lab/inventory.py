@@ -25,6 +25,16 @@ def load(cfg: LabConfig | None = None) -> dict:
         ) from None
 
 
+def groups(data: dict | None = None) -> dict[str, list[tuple[str, dict]]]:
+    """Hosts by profile group (``{"qwen7b": [...], "qwen72b_awq": [...]}``), as `lab up` laid them out."""
+    data = data or load()
+    hosts = dict(pyinfra_hosts(data))
+    out: dict[str, list[tuple[str, dict]]] = {}
+    for h in data["hosts"]:
+        out.setdefault(h.get("group", "qwen7b"), []).append((h["name"], hosts[h["name"]]))
+    return out
+
+
 def pyinfra_hosts(data: dict | None = None) -> list[tuple[str, dict]]:
     """``[("h1", {"ssh_hostname": "10.77.0.11", ...}), ...]`` for a pyinfra inventory file.
 

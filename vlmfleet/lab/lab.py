@@ -17,6 +17,7 @@ from . import network, rootfs, services
 from .config import HOST_TOOLS, LabConfig
 from .errors import LabError
 from .hosts import LabHost
+from .layout import layout
 from .sh import ok, run
 
 NSPAWN_RUN = Path("/run/systemd/nspawn")
@@ -74,7 +75,8 @@ def _ssh_config(cfg: LabConfig, hosts: list[LabHost]) -> str:
 def inventory_data(cfg: LabConfig, hosts: list[LabHost]) -> dict:
     """What inventories/lab.py reads (through vlmfleet.lab.inventory)."""
     return {
-        "hosts": [{"name": h.name, "address": h.address} for h in hosts],
+        "hosts": [{"name": h.name, "address": h.address, "gpus": layout(h.index).gpus, "group": layout(h.index).group}
+                  for h in hosts],
         "ssh_user": cfg.user,
         "ssh_key": str(cfg.ssh_key),
         "known_hosts": str(cfg.known_hosts),
@@ -117,6 +119,7 @@ def up(cfg: LabConfig, count: int = 3, log: Callable[[str], None] = _log_to_stdo
                 hostmod.mount_root(cfg, h, lower)
                 to_boot.append(h)
             known.append(hostmod.write_identity(cfg, h, wanted).replace(" ", f",{h.name} ", 1))
+            hostmod.install_gpu_standin(cfg, h, layout(h.index).gpus)
         cfg.known_hosts.write_text("\n".join(known) + "\n")
         cfg.ssh_config.write_text(_ssh_config(cfg, wanted))
         for h in to_boot:

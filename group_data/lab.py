@@ -1,0 +1,23 @@
+"""The lab (every host of inventories/lab.py): stand-ins and mirrors instead of the public internet and GPUs.
+
+Production never sees these values: they apply only to hosts of the lab inventory. Addresses come from the data
+`vlmfleet lab up` writes.
+"""
+
+from vlmfleet.lab.inventory import load as _load_lab
+
+__all__ = [
+    "docker_package", "nvidia_runtime", "docker_insecure_registries", "image_disk_gb", "weights_disk_gb",
+]
+
+_lab = _load_lab()
+
+# Only Debian's mirror is reachable from the lab: the distro's Docker engine.
+docker_package = "docker.io"
+# No GPU in the lab: no NVIDIA toolkit, no --gpus (both pinned by --dry tests against inventories/prod.py).
+nvidia_runtime = False
+# The lab registry speaks plain HTTP on the bridge address.
+docker_insecure_registries = [_lab["registry"]]
+# The lab's images and weights are small.
+image_disk_gb = 1
+weights_disk_gb = 1.0

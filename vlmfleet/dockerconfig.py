@@ -1,0 +1,44 @@
+"""/etc/docker/daemon.json, merged: our keys go in, every key someone else set stays.
+
+Pure functions, tested by value. Lists (registry-mirrors, insecure-registries) are unions in a stable order:
+ours first, then theirs. Nested objects (runtimes) merge key by key. A scalar we manage wins.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+#: what `nvidia-ctk runtime configure --runtime=docker` adds (the toolkit's own default entry)
+NVIDIA_RUNTIME = {"nvidia": {"args": [], "path": "nvidia-container-runtime"}}
+
+
+def ours(settings: dict[str, Any]) -> dict[str, Any]:
+    """The daemon.json keys vlmfleet manages for a host's settings."""
+    out: dict[str, Any] = {}
+    if settings.get("docker_registry_mirrors"):
+        out["registry-mirrors"] = list(settings["docker_registry_mirrors"])
+    if settings.get("docker_insecure_registries"):
+        out["insecure-registries"] = list(settings["docker_insecure_registries"])
+    if settings.get("nvidia_runtime"):
+        out["runtimes"] = json.loads(json.dumps(NVIDIA_RUNTIME))
+    out.update(settings.get("docker_daemon_options") or {})
+    return out
+
+
+def merge(existing: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any]:
+    """``existing`` with ``wanted`` merged in; nothing of ``existing`` is lost."""
+    out = dict(existing)
+    for key, value in wanted.items():
+        have = out.get(key)
+        if isinstance(value, list) and isinstance(have, list):
+            out[key] = value + [x for x in have if x not in value]
+        elif isinstance(value, dict) and isinstance(have, dict):
+            out[key] = merge(have, value)
+        else:
+            out[key] = value
+    return out
+
+
+def render(config: dict[str, Any]) -> str:
+    return json.dumps(config, indent=2, sort_keys=True) + "\n"

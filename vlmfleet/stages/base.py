@@ -1,0 +1,88 @@
+"""Stage 2, base: git-lfs, Docker, the NVIDIA container toolkit, and /etc/docker/daemon.json merged."""
+
+from __future__ import annotations
+
+from io import StringIO
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.files import File
+from pyinfra.facts.server import LinuxDistribution
+from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations.util import any_changed
+
+from .. import dockerconfig
+from ..facts import JsonFile
+from .common import DAEMON_JSON, host_settings
+
+BASE_PACKAGES = ["ca-certificates", "curl", "gnupg", "git", "git-lfs", "python3-venv"]
+DOCKER_KEY = "/etc/apt/keyrings/docker.asc"
+NVIDIA_KEY = "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
+
+
+def docker_repo_line(url: str, os_id: str, codename: str) -> str:
+    """``deb [arch=amd64 signed-by=...] https://download.docker.com/linux/debian bookworm stable``."""
+    if url.rstrip("/").endswith("/linux/debian") and os_id == "ubuntu":
+        url = url.rstrip("/")[: -len("debian")] + "ubuntu"
+    return f"deb [arch=amd64 signed-by={DOCKER_KEY}] {url.rstrip('/')} {codename} stable\n"
+
+
+def nvidia_repo_line(url: str) -> str:
+    return f"deb [signed-by={NVIDIA_KEY}] {url.rstrip('/')}/$(ARCH) /\n"
+
+
+@deploy("Base")
+def base() -> None:
+    """Install git-lfs and Docker (docker-ce from Docker's repository, or the distro's docker.io), the NVIDIA
+    container toolkit when ``nvidia_runtime``, and merge vlmfleet's keys into /etc/docker/daemon.json.
+    dockerd restarts only when daemon.json changed."""
+    s = host_settings()
+    meta = (host.get_fact(LinuxDistribution) or {}).get("release_meta") or {}
+    os_id, codename = (meta.get("ID") or "debian").lower(), meta.get("VERSION_CODENAME") or "bookworm"
+
+    apt.packages(name="Install git-lfs and base tools", packages=BASE_PACKAGES, update=True, cache_time=3600)
+
+    if s["docker_package"] == "docker-ce":
+        files.directory(name="Create /etc/apt/keyrings", path="/etc/apt/keyrings", mode="755")
+        key = files.download(name="Fetch Docker's apt key", src=f"{s['docker_apt_url'].rstrip('/')}/gpg",
+                             dest=DOCKER_KEY, mode="644")
+        repo = files.put(name="Add Docker's apt repository", dest="/etc/apt/sources.list.d/docker.list", mode="644",
+                         src=StringIO(docker_repo_line(s["docker_apt_url"], os_id, codename)))
+        apt.update(name="Update apt after adding Docker's repository", _if=any_changed(key, repo))
+        docker_pkgs = ["docker-ce", "docker-ce-cli", "containerd.io"]
+    else:
+        docker_pkgs = ["docker.io", "apparmor"]
+    apt.packages(name=f"Install Docker ({s['docker_package']})", packages=docker_pkgs)
+    systemd.service(name="Enable and start Docker", service="docker.service", running=True, enabled=True)
+
+    existing = host.get_fact(JsonFile, path=DAEMON_JSON)
+    current = existing.get("data", {}) if existing.get("valid") else {}
+
+    if s["nvidia_runtime"]:
+        if host.get_fact(File, path=NVIDIA_KEY):
+            host.noop("NVIDIA's apt key is already installed")
+            nkey = None
+        else:
+            nkey = server.shell(
+                name="Fetch NVIDIA's container toolkit apt key",
+                commands=[f"curl -fsSL {s['nvidia_toolkit_apt_url'].rstrip('/')}/gpgkey "
+                          f"| gpg --dearmor --yes -o {NVIDIA_KEY}"])
+        nrepo = files.put(name="Add NVIDIA's container toolkit repository", mode="644",
+                          dest="/etc/apt/sources.list.d/nvidia-container-toolkit.list",
+                          src=StringIO(nvidia_repo_line(s["nvidia_toolkit_apt_url"])))
+        apt.update(name="Update apt after adding NVIDIA's repository",
+                   _if=any_changed(nkey, nrepo) if nkey else nrepo.did_change)
+        apt.packages(name="Install the NVIDIA container toolkit", packages=["nvidia-container-toolkit"])
+        if "nvidia" not in (current.get("runtimes") or {}):
+            server.shell(name="Register the nvidia runtime with Docker (nvidia-ctk runtime configure)",
+                         commands=["nvidia-ctk runtime configure --runtime=docker"])
+
+    files.directory(name="Create /etc/docker", path="/etc/docker", mode="755")
+    merged = dockerconfig.merge(current, dockerconfig.ours(s))
+    if existing.get("exists") and merged == current:
+        host.noop("/etc/docker/daemon.json already has every vlmfleet key")
+        return
+    daemon = files.put(name="Merge vlmfleet's keys into /etc/docker/daemon.json", dest=DAEMON_JSON, mode="644",
+                       src=StringIO(dockerconfig.render(merged)))
+    systemd.service(name="Restart Docker after a daemon.json change", service="docker.service", restarted=True,
+                    _if=daemon.did_change)

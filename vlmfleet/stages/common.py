@@ -1,0 +1,129 @@
+"""What every stage shares: the host's settings, facts and preflight verdict, and two small operations.
+
+pyinfra runs deploy code at planning time against the host *before* the run, so everything here reads facts
+once per host and caches the verdict; operations express the state to reach.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from pyinfra import host, logger
+from pyinfra.api import FileUploadCommand, operation
+from pyinfra.facts.files import Sha256File
+from pyinfra.facts.server import LinuxDistribution
+
+from .. import settings as settings_mod
+from ..facts import DockerImage, FreeBytes, GpuQuery, GpuTopology, JsonFile
+from ..preflight import HostFacts, Verdict, check
+
+_VERDICTS: dict[str, Verdict] = {}
+DAEMON_JSON = "/etc/docker/daemon.json"
+
+
+def host_settings() -> dict[str, Any]:
+    """Defaults overlaid with this host's merged data (host > group > all.py)."""
+    data = host.data.dict()
+    stages = data.get("vlm_stages")
+    if isinstance(stages, str):  # --data vlm_stages=image,service
+        data["vlm_stages"] = [s.strip() for s in stages.split(",") if s.strip()]
+    return settings_mod.resolve(data)
+
+
+def image_ref(s: dict[str, Any]) -> str:
+    """The reference the host pulls and runs: the mirror prefix if set, @digest if pinned."""
+    ref = s["vllm_image"]
+    mirror = s.get("image_registry_mirror")
+    if mirror:
+        first = ref.split("/", 1)[0]
+        if "." not in first and ":" not in first and first != "localhost":  # a Docker Hub reference
+            ref = f"{mirror.rstrip('/')}/{ref}"
+    if s.get("vllm_image_digest"):
+        ref = f"{ref.split('@')[0]}@{s['vllm_image_digest']}"
+    return ref
+
+
+def weights_manifest_path(s: dict[str, Any], repo: str) -> str:
+    return f"{s['model_dir']}/{repo.split('/')[-1]}/.vlmfleet-verified.json"
+
+
+def verdict() -> Verdict:
+    """The preflight verdict for the current host (facts gathered once, then cached)."""
+    if host.name in _VERDICTS:
+        return _VERDICTS[host.name]
+    data = host.data.dict()
+    s = host_settings()
+    dist = host.get_fact(LinuxDistribution) or {}
+    meta = dist.get("release_meta") or {}
+    weights_ready = False
+    image_present = False
+    if s.get("vlm_profile"):
+        try:
+            from ..catalog import model, profile
+
+            repo = model(profile(s["vlm_profile"]).model_id).hf
+            manifest = host.get_fact(JsonFile, path=weights_manifest_path(s, repo))
+            weights_ready = bool(manifest.get("exists") and manifest.get("valid"))
+        except Exception:  # noqa: BLE001 - a bad profile is reported by check() itself
+            pass
+    if settings_mod.validate(data) == []:
+        image_present = bool(host.get_fact(DockerImage, ref=image_ref(s)))
+    facts = HostFacts(
+        os_id=(meta.get("ID") or str(dist.get("name") or "")).lower() or None,
+        os_version=meta.get("VERSION_ID"),
+        gpu_csv=host.get_fact(GpuQuery),
+        gpu_topo=host.get_fact(GpuTopology),
+        free_model_dir=host.get_fact(FreeBytes, path=str(s.get("model_dir") or "/")),
+        free_docker=host.get_fact(FreeBytes, path=str(s.get("docker_data_root") or "/")),
+        weights_ready=weights_ready,
+        image_present=image_present,
+        daemon_json=host.get_fact(JsonFile, path=DAEMON_JSON),
+    )
+    v = check(host.name, data, s, facts)
+    _VERDICTS[host.name] = v
+    return v
+
+
+def reset_cache() -> None:
+    _VERDICTS.clear()
+
+
+# ---- operations ------------------------------------------------------------------------------------------
+@operation(is_idempotent=False)
+def fail_host(reasons: list[str]):
+    """Fail this host now, before any change, printing each reason on its own line.
+
+    + reasons: e.g. ``["h2: data key 'api_port' must be int — fix: api_port = 8000"]``
+    """
+    import shlex
+
+    text = "\n".join(reasons)
+    yield f"printf '%s\\n' {shlex.quote(text)} >&2; exit 1"
+
+
+@operation()
+def secret_file(src: str, dest: str, mode: str = "600", env_name: str | None = None):
+    """Upload a secret from the control machine without ever printing it (not even with --diff).
+
+    + src: local path of the secret, e.g. ``secrets/api-key``; its first line is the secret
+    + dest: remote path, e.g. ``/etc/vlmfleet/vllm-qwen7b.env``
+    + env_name: write ``NAME=secret`` (an env file) instead of the bare secret
+    """
+    secret = Path(src).expanduser().read_text().splitlines()[0].strip()
+    body = (f"{env_name}={secret}\n" if env_name else secret + "\n").encode()
+    want = hashlib.sha256(body).hexdigest()
+    have = host.get_fact(Sha256File, path=dest)
+    if have == want:
+        host.noop(f"{dest} is already current (contents not shown)")
+        return
+    if have is not None:
+        logger.info(f"    [{host.name}] {dest}: secret changed (contents not shown)")
+    # The SSH user uploads into a 0700 folder of its own; root copies it into dest, whose folder is 0700 too
+    # (callers create it), so no other user can read the secret at any moment.
+    updir = "/var/tmp/vlmfleet-upload"
+    yield f'install -d -m 0700 -o "${{SUDO_USER:-$(id -un)}}" {updir}'
+    yield FileUploadCommand(BytesIO(body), dest, remote_temp_filename=f"{updir}/{want[:16]}")
+    yield f"chown root:root {dest} && chmod {mode} {dest}"
