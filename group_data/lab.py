@@ -8,6 +8,7 @@ from vlmfleet.lab.inventory import load as _load_lab
 
 __all__ = [
     "docker_package", "nvidia_runtime", "docker_insecure_registries", "image_disk_gb", "weights_disk_gb",
+    "vllm_image",
 ]
 
 _lab = _load_lab()
@@ -21,3 +22,5 @@ docker_insecure_registries = [_lab["registry"]]
 # The lab's images and weights are small.
 image_disk_gb = 1
 weights_disk_gb = 1.0
+# The serving stand-in (vlmfleet/lab/standins/vllm_standin.py), built and pushed by `vlmfleet lab up`.
+vllm_image = f"{_lab['registry']}/vlmfleet-lab/vllm-standin:0.33.0"

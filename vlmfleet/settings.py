@@ -219,3 +219,17 @@ WISH_KEYS = {
 def wish_overrides(settings: dict[str, Any]) -> dict[str, Any]:
     """The planner overrides a host's data asks for (only those set)."""
     return {wish: settings[key] for key, wish in WISH_KEYS.items() if settings.get(key) is not None}
+
+
+def image_ref(settings: dict[str, Any]) -> str:
+    """The reference a host pulls and runs: through image_registry_mirror for Docker Hub images, @digest when
+    pinned. ``vllm/vllm-openai:v0.33.0`` + mirror ``docker.m.daocloud.io`` -> ``docker.m.daocloud.io/vllm/...``."""
+    ref = settings["vllm_image"]
+    mirror = settings.get("image_registry_mirror")
+    if mirror:
+        first = ref.split("/", 1)[0]
+        if "/" not in ref or ("." not in first and ":" not in first and first != "localhost"):  # Docker Hub
+            ref = f"{mirror.rstrip('/')}/{ref}"
+    if settings.get("vllm_image_digest"):
+        ref = f"{ref.split('@')[0]}@{settings['vllm_image_digest']}"
+    return ref

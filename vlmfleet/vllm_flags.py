@@ -11,13 +11,13 @@ import json
 import re
 from functools import lru_cache
 
-from .catalog import HERE, CatalogError
-
 KV = re.compile(r"^\s*[A-Za-z_]+\s*=\s*\d+\s*(,\s*[A-Za-z_]+\s*=\s*\d+\s*)*$")
 
 
 @lru_cache(maxsize=None)
 def table(version: str) -> dict:
+    from .catalog import HERE, CatalogError  # imported here: the lab's serving stand-in copies this file alone
+
     path = HERE / f"vllm-flags-{version}.json"
     if not path.exists():
         raise CatalogError(f"no flag table for vLLM {version} ({path}); generate it with tools/vllm_flags.py")
@@ -50,7 +50,11 @@ def _value_problem(flag: str, kind: str, value: str, choices: list | None) -> st
 
 def check(argv: list[str], version: str) -> list[str]:
     """Problems with ``argv`` (``["vllm", "serve", MODEL, "--flag", "value", ...]``) for vLLM ``version``."""
-    t = table(version)
+    return check_table(argv, table(version), version)
+
+
+def check_table(argv: list[str], t: dict, version: str) -> list[str]:
+    """``check`` against an already loaded flag table."""
     flags = t["flags"]
     args = list(argv)
     if args[:2] == ["vllm", "serve"]:

@@ -242,6 +242,7 @@ class VllmVersion:
     defaults: dict[str, Any] = field(default_factory=dict)
     max_frames_per_video: int = 16
     video_frames_after_images: bool = True
+    metrics: tuple[str, ...] = ()
     notes: str = ""
 
 
@@ -255,7 +256,8 @@ def vllm_versions() -> dict[str, VllmVersion]:
             counts_cudagraph_memory=bool(v["counts_cudagraph_memory"]),
             kv_cache_dtypes=tuple(v["kv_cache_dtypes"]), removed_flags=tuple(v.get("removed_flags", ())),
             defaults=dict(v.get("defaults", {})), max_frames_per_video=int(v["max_frames_per_video"]),
-            video_frames_after_images=bool(v["video_frames_after_images"]), notes=v.get("notes", ""),
+            video_frames_after_images=bool(v["video_frames_after_images"]), metrics=tuple(v["metrics"]),
+            notes=v.get("notes", ""),
         )
     return out
 

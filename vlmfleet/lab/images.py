@@ -177,3 +177,53 @@ def hello_image(cfg: LabConfig) -> Image:
         cmd=["default"],
         labels={"org.opencontainers.image.title": "vlmfleet lab hello (a lab test image)"},
     )
+
+
+STANDIN_REPO = "vlmfleet-lab/vllm-standin"
+
+
+def vllm_standin_image(cfg: LabConfig, version: str) -> Image:
+    """The lab's serving stand-in for one vLLM version: Debian + the stand-in as /usr/local/bin/vllm, with that
+    version's real flag table. Entrypoint ``vllm serve`` like the vllm/vllm-openai images."""
+    pkg = Path(__file__).resolve().parent.parent
+    files = {
+        "usr/local/bin/vllm": ((pkg / "lab/standins/vllm_standin.py").read_bytes(), 0o755),
+        "opt/vllm-standin/vllm_flags.py": ((pkg / "vllm_flags.py").read_bytes(), 0o644),
+        f"opt/vllm-standin/vllm-flags-{version}.json": ((pkg / f"catalog/vllm-flags-{version}.json").read_bytes(), 0o644),
+    }
+    return Image(
+        layers=[debian_layer(cfg), files_layer(cfg, files)],
+        entrypoint=["vllm", "serve"],
+        env=["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", f"VLLM_STANDIN_VERSION={version}"],
+        exposed_ports=[8000],
+        labels={"org.opencontainers.image.title": f"vLLM {version} serving STAND-IN (vlmfleet lab, not vLLM)"},
+    )
+
+
+def manifest_digest(registry: str, repo: str, tag: str) -> str | None:
+    """The digest the registry holds for repo:tag, or None."""
+    try:
+        resp = requests.head(f"http://{registry}/v2/{repo}/manifests/{tag}", headers={"Accept": MANIFEST_V2}, timeout=5)
+    except requests.RequestException:
+        return None
+    return resp.headers.get("Docker-Content-Digest") if resp.status_code == 200 else None
+
+
+def push_standins(cfg: LabConfig, log=print) -> dict[str, str]:
+    """Push the serving stand-in for every catalog vLLM version (skipped when the registry has this build)."""
+    from ..catalog import vllm_versions
+
+    out = {}
+    for version in vllm_versions():
+        image = vllm_standin_image(cfg, version)
+        config_digest = _sha(image.config_json())
+        tag = version
+        have = manifest_digest(cfg.registry, STANDIN_REPO, tag)
+        marker = cfg.cache_dir / "layers" / f"standin-{version}.config"
+        if have and marker.exists() and marker.read_text() == config_digest:
+            out[version] = have
+            continue
+        out[version] = push(cfg.registry, STANDIN_REPO, tag, image)
+        marker.write_text(config_digest)
+        log(f"pushed {cfg.registry}/{STANDIN_REPO}:{tag} ({out[version][:19]})")
+    return out

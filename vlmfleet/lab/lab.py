@@ -124,6 +124,9 @@ def up(cfg: LabConfig, count: int = 3, log: Callable[[str], None] = _log_to_stdo
         cfg.ssh_config.write_text(_ssh_config(cfg, wanted))
         for h in to_boot:
             hostmod.boot(cfg, h, network.netns(h.name))
+        from .images import push_standins
+
+        push_standins(cfg, log)
         states = {h.name: hostmod.wait_ready(cfg, h, BOOT_DEADLINE_S) for h in wanted}
         data = inventory_data(cfg, wanted)
         cfg.inventory_file.write_text(json.dumps(data, indent=2) + "\n")

@@ -17,6 +17,7 @@ from pyinfra.facts.files import Sha256File
 from pyinfra.facts.server import LinuxDistribution
 
 from .. import settings as settings_mod
+from ..settings import image_ref
 from ..facts import DockerImage, FreeBytes, GpuQuery, GpuTopology, JsonFile
 from ..preflight import HostFacts, Verdict, check
 
@@ -31,19 +32,6 @@ def host_settings() -> dict[str, Any]:
     if isinstance(stages, str):  # --data vlm_stages=image,service
         data["vlm_stages"] = [s.strip() for s in stages.split(",") if s.strip()]
     return settings_mod.resolve(data)
-
-
-def image_ref(s: dict[str, Any]) -> str:
-    """The reference the host pulls and runs: the mirror prefix if set, @digest if pinned."""
-    ref = s["vllm_image"]
-    mirror = s.get("image_registry_mirror")
-    if mirror:
-        first = ref.split("/", 1)[0]
-        if "." not in first and ":" not in first and first != "localhost":  # a Docker Hub reference
-            ref = f"{mirror.rstrip('/')}/{ref}"
-    if s.get("vllm_image_digest"):
-        ref = f"{ref.split('@')[0]}@{s['vllm_image_digest']}"
-    return ref
 
 
 def weights_manifest_path(s: dict[str, Any], repo: str) -> str:
@@ -89,6 +77,21 @@ def verdict() -> Verdict:
 
 def reset_cache() -> None:
     _VERDICTS.clear()
+    _CHANGES.clear()
+
+
+# Operations of earlier stages that later stages react to (a new image or new weights restart the service).
+_CHANGES: dict[str, dict[str, list]] = {}
+
+
+def record_change(kind: str, op) -> None:
+    """Remember an operation of this host whose change matters later, e.g. ``record_change("image", pull)``."""
+    _CHANGES.setdefault(host.name, {}).setdefault(kind, []).append(op)
+
+
+def recorded_changes(*kinds: str) -> list:
+    per_host = _CHANGES.get(host.name, {})
+    return [op for kind in kinds for op in per_host.get(kind, [])]
 
 
 # ---- operations ------------------------------------------------------------------------------------------
@@ -105,15 +108,15 @@ def fail_host(reasons: list[str]):
 
 
 @operation()
-def secret_file(src: str, dest: str, mode: str = "600", env_name: str | None = None):
+def secret_file(src: str, dest: str, mode: str = "600", line_format: str = "{secret}"):
     """Upload a secret from the control machine without ever printing it (not even with --diff).
 
     + src: local path of the secret, e.g. ``secrets/api-key``; its first line is the secret
-    + dest: remote path, e.g. ``/etc/vlmfleet/vllm-qwen7b.env``
-    + env_name: write ``NAME=secret`` (an env file) instead of the bare secret
+    + dest: remote path in a root-only folder, e.g. ``/etc/vlmfleet/secrets/vllm-qwen7b.env``
+    + line_format: the line written, e.g. ``"VLLM_API_KEY={secret}"`` for an env file
     """
     secret = Path(src).expanduser().read_text().splitlines()[0].strip()
-    body = (f"{env_name}={secret}\n" if env_name else secret + "\n").encode()
+    body = (line_format.format(secret=secret) + "\n").encode()
     want = hashlib.sha256(body).hexdigest()
     have = host.get_fact(Sha256File, path=dest)
     if have == want:

@@ -8,9 +8,12 @@ from .common import host_settings
 
 def stage_functions():
     from .base import base
+    from .health import health
+    from .image import image
     from .preflight import preflight
+    from .service import service
 
-    return {"preflight": preflight, "base": base}
+    return {"preflight": preflight, "base": base, "image": image, "service": service, "health": health}
 
 
 def run_stages(only: list[str] | None = None) -> None:
