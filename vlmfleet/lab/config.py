@@ -38,6 +38,8 @@ class LabConfig:
     + bridge: the bridge's interface name (VLMFLEET_LAB_BRIDGE)
     + apt_port: apt-cacher-ng's port on the bridge address (VLMFLEET_LAB_APT_PORT)
     + registry_port: the lab registry's port on the bridge address (VLMFLEET_LAB_REGISTRY_PORT)
+    + hub_port: the model hub stand-in's port (VLMFLEET_LAB_HUB_PORT)
+    + pypi_port: the Python package mirror's port (VLMFLEET_LAB_PYPI_PORT)
     + user: the non-root sudo user the hosts accept by key (VLMFLEET_LAB_USER)
     + mirror: the Debian mirror, the only outside address the lab reaches (VLMFLEET_LAB_MIRROR)
     + suite: the Debian release of the hosts (VLMFLEET_LAB_SUITE)
@@ -48,6 +50,8 @@ class LabConfig:
     bridge: str = "vlmlab0"
     apt_port: int = 3142
     registry_port: int = 5000
+    hub_port: int = 8081
+    pypi_port: int = 3141
     user: str = "fleet"
     mirror: str = "http://deb.debian.org/debian"
     suite: str = "bookworm"
@@ -63,6 +67,8 @@ class LabConfig:
                 bridge=env.get("VLMFLEET_LAB_BRIDGE", d.bridge),
                 apt_port=int(env.get("VLMFLEET_LAB_APT_PORT", d.apt_port)),
                 registry_port=int(env.get("VLMFLEET_LAB_REGISTRY_PORT", d.registry_port)),
+                hub_port=int(env.get("VLMFLEET_LAB_HUB_PORT", d.hub_port)),
+                pypi_port=int(env.get("VLMFLEET_LAB_PYPI_PORT", d.pypi_port)),
                 user=env.get("VLMFLEET_LAB_USER", d.user),
                 mirror=env.get("VLMFLEET_LAB_MIRROR", d.mirror),
                 suite=env.get("VLMFLEET_LAB_SUITE", d.suite),
@@ -100,6 +106,14 @@ class LabConfig:
     @property
     def registry(self) -> str:
         return f"{self.gateway}:{self.registry_port}"
+
+    @property
+    def hub_url(self) -> str:
+        return f"http://{self.gateway}:{self.hub_port}"
+
+    @property
+    def pypi_url(self) -> str:
+        return f"http://{self.gateway}:{self.pypi_port}/simple"
 
     # ---- files -----------------------------------------------------------------------------
     @property

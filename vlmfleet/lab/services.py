@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,12 @@ def daemons(cfg: LabConfig) -> list[Daemon]:
     return [
         Daemon("apt-cacher-ng", "apt-cacher-ng", cfg.apt_port),
         Daemon("registry", "docker-registry", cfg.registry_port),
+        Daemon("hub-standin", "hub_standin", cfg.hub_port),
+        Daemon("pypi-mirror", "http.server", cfg.pypi_port),
     ]
+
+
+PORT_VARS = {"apt-cacher-ng": "APT", "registry": "REGISTRY", "hub-standin": "HUB", "pypi-mirror": "PYPI"}
 
 
 def check_ports(cfg: LabConfig) -> None:
@@ -46,7 +52,7 @@ def check_ports(cfg: LabConfig) -> None:
             owner = who_listens(d.port)
             raise LabError(
                 f"port {d.port} needed by the lab's {d.name} is already taken{' by ' + owner if owner else ''}; "
-                f"stop that process or set VLMFLEET_LAB_{'APT' if d.name == 'apt-cacher-ng' else 'REGISTRY'}_PORT"
+                f"stop that process or set VLMFLEET_LAB_{PORT_VARS[d.name]}_PORT"
             )
 
 
@@ -87,12 +93,28 @@ def _registry_argv(cfg: LabConfig) -> list[str]:
     return ["docker-registry", "serve", str(conf)]
 
 
+def _hub_argv(cfg: LabConfig) -> list[str]:
+    from .hub import build
+
+    root = build(cfg)
+    return [sys.executable, "-m", "vlmfleet.lab.standins.hub_standin", "--root", str(root), "--bind", cfg.gateway,
+            "--port", str(cfg.hub_port)]
+
+
+def _pypi_argv(cfg: LabConfig) -> list[str]:
+    from .pypi import build
+
+    root = build(cfg)
+    return [sys.executable, "-m", "http.server", "--bind", cfg.gateway, "--directory", str(root), str(cfg.pypi_port)]
+
+
 def start(cfg: LabConfig) -> None:
     """Start both daemons (a running one is left alone) and wait until they accept connections."""
     for d in daemons(cfg):
         if pid_alive(d.pid_file(cfg), d.program):
             continue
-        argv = _acng_argv(cfg) if d.name == "apt-cacher-ng" else _registry_argv(cfg)
+        argv = {"apt-cacher-ng": _acng_argv, "registry": _registry_argv, "hub-standin": _hub_argv,
+                "pypi-mirror": _pypi_argv}[d.name](cfg)
         with d.log_file(cfg).open("w") as log:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True)

@@ -136,7 +136,8 @@ class Handler(BaseHTTPRequestHandler):
         path, query = unquote(url.path), parse_qs(url.query)
         if path == "/_standin/log":
             with self.hub.lock:
-                return self._json(200, list(self.hub.log))
+                entries = list(self.hub.log)
+            return self._json(200, entries)  # _json records the request: the lock must be free
         m = re.fullmatch(r"/api/models/([^/]+/[^/]+?)(?:/revision/([^/]+))?/?", path)
         if m:
             return self.hf_repo_info(m.group(1), m.group(2) or "main", "blobs" in query)
@@ -170,7 +171,7 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/_standin/reset-log":
             with self.hub.lock:
                 self.hub.log.clear()
-            return self._json(200, {"ok": True})
+            return self._json(200, {"ok": True})  # outside the lock, as above
         m = re.fullmatch(r"/([^/]+/[^/]+)\.git/info/lfs/objects/batch", path)
         if m:
             return self.lfs_batch(m.group(1), json.loads(body or b"{}"))
