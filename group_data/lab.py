@@ -8,7 +8,7 @@ from vlmfleet.lab.inventory import load as _load_lab
 
 __all__ = [
     "docker_package", "nvidia_runtime", "docker_insecure_registries", "image_disk_gb", "weights_disk_gb",
-    "vllm_image",
+    "vllm_image", "hf_endpoint", "modelscope_endpoint", "git_lfs_url", "pip_index_url",
 ]
 
 _lab = _load_lab()
@@ -24,3 +24,9 @@ image_disk_gb = 1
 weights_disk_gb = 1.0
 # The serving stand-in (vlmfleet/lab/standins/vllm_standin.py), built and pushed by `vlmfleet lab up`.
 vllm_image = f"{_lab['registry']}/vlmfleet-lab/vllm-standin:0.33.0"
+# The hub stand-in (vlmfleet/lab/standins/hub_standin.py) answers for Hugging Face, ModelScope and git-lfs.
+hf_endpoint = _lab["hub_url"]
+modelscope_endpoint = _lab["hub_url"]
+git_lfs_url = _lab["hub_url"]
+# Real PyPI wheels of the weights tools, mirrored by `vlmfleet lab up`.
+pip_index_url = _lab["pypi_url"]

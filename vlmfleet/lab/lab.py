@@ -84,6 +84,8 @@ def inventory_data(cfg: LabConfig, hosts: list[LabHost]) -> dict:
         "gateway": cfg.gateway,
         "apt_proxy": cfg.apt_proxy,
         "registry": cfg.registry,
+        "hub_url": cfg.hub_url,
+        "pypi_url": cfg.pypi_url,
     }
 
 

@@ -12,8 +12,10 @@ def stage_functions():
     from .image import image
     from .preflight import preflight
     from .service import service
+    from .weights import weights
 
-    return {"preflight": preflight, "base": base, "image": image, "service": service, "health": health}
+    return {"preflight": preflight, "base": base, "weights": weights, "image": image, "service": service,
+            "health": health}
 
 
 def run_stages(only: list[str] | None = None) -> None:
