@@ -33,6 +33,8 @@ class HostFacts:
     weights_ready: bool = False  # verified weights already on the host
     image_present: bool = False
     daemon_json: dict | None = None  # JsonFile fact of /etc/docker/daemon.json
+    config_json: dict | None = None  # the verified checkpoint's config.json, when the weights are there
+    config_path: str = ""
 
 
 @dataclass
@@ -115,7 +117,7 @@ def check(host: str, data: dict[str, Any], settings: dict[str, Any], facts: Host
     v.inventory = inv
 
     try:
-        p = plan_profile(profile_id, inv, version, wish_overrides(settings))
+        p = plan_profile(profile_id, inv, version, wish_overrides(settings), facts.config_json, facts.config_path)
     except CatalogError as exc:
         v.problems.append(f"{host}: data key 'vlm_profile' {exc}")
         return v

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import fields
 
-from .catalog import CatalogError, VllmVersion, gpu_kinds, model, profile, profiles
+from .catalog import CatalogError, VllmVersion, gpu_kinds, model, model_with_config, profile, profiles
 from .gpus import Inventory, parse_spec
 from .planner import Plan, Wish, plan
 
@@ -23,8 +23,13 @@ def profile_wish(profile_id: str, overrides: dict | None = None) -> Wish:
     return Wish(**values)
 
 
-def plan_profile(profile_id: str, inv: Inventory, version: VllmVersion, overrides: dict | None = None) -> Plan:
-    return plan(model(profile(profile_id).model_id), inv, version, profile_wish(profile_id, overrides))
+def plan_profile(profile_id: str, inv: Inventory, version: VllmVersion, overrides: dict | None = None,
+                 config: dict | None = None, config_source: str = "config.json") -> Plan:
+    """Plan a profile on an inventory; ``config`` (a downloaded config.json) wins over the catalog's numbers."""
+    m = model(profile(profile_id).model_id)
+    if config:
+        m = model_with_config(m, config, config_source)
+    return plan(m, inv, version, profile_wish(profile_id, overrides))
 
 
 def accepted(version: VllmVersion) -> Iterator[tuple[str, str, Plan]]:

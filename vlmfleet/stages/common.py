@@ -48,6 +48,7 @@ def verdict() -> Verdict:
     meta = dist.get("release_meta") or {}
     weights_ready = False
     image_present = False
+    config_json, config_path = None, ""
     if s.get("vlm_profile"):
         try:
             from ..catalog import model, profile
@@ -55,6 +56,10 @@ def verdict() -> Verdict:
             repo = model(profile(s["vlm_profile"]).model_id).hf
             manifest = host.get_fact(JsonFile, path=weights_manifest_path(s, repo))
             weights_ready = bool(manifest.get("exists") and manifest.get("valid"))
+            if weights_ready:  # the verified checkpoint's own numbers win over the catalog's
+                config_path = weights_manifest_path(s, repo).rsplit("/", 1)[0] + "/config.json"
+                cfg = host.get_fact(JsonFile, path=config_path)
+                config_json = cfg.get("data") if cfg.get("valid") else None
         except Exception:  # noqa: BLE001 - a bad profile is reported by check() itself
             pass
     if settings_mod.validate(data) == []:
@@ -69,6 +74,8 @@ def verdict() -> Verdict:
         weights_ready=weights_ready,
         image_present=image_present,
         daemon_json=host.get_fact(JsonFile, path=DAEMON_JSON),
+        config_json=config_json,
+        config_path=f"{host.name}:{config_path}",
     )
     v = check(host.name, data, s, facts)
     _VERDICTS[host.name] = v
