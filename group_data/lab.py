@@ -9,6 +9,7 @@ from vlmfleet.lab.inventory import load as _load_lab
 __all__ = [
     "docker_package", "nvidia_runtime", "docker_insecure_registries", "image_disk_gb", "weights_disk_gb",
     "vllm_image", "hf_endpoint", "modelscope_endpoint", "git_lfs_url", "pip_index_url",
+    "api_key_file",
 ]
 
 _lab = _load_lab()
@@ -30,3 +31,5 @@ modelscope_endpoint = _lab["hub_url"]
 git_lfs_url = _lab["hub_url"]
 # Real PyPI wheels of the weights tools, mirrored by `vlmfleet lab up`.
 pip_index_url = _lab["pypi_url"]
+# A random API key `lab up` writes (0600): the secret path is exercised like production's.
+api_key_file = _lab["api_key_file"]

@@ -86,6 +86,7 @@ def inventory_data(cfg: LabConfig, hosts: list[LabHost]) -> dict:
         "registry": cfg.registry,
         "hub_url": cfg.hub_url,
         "pypi_url": cfg.pypi_url,
+        "api_key_file": str(cfg.run_dir / "api-key"),
     }
 
 
@@ -123,6 +124,12 @@ def up(cfg: LabConfig, count: int = 3, log: Callable[[str], None] = _log_to_stdo
             known.append(hostmod.write_identity(cfg, h, wanted).replace(" ", f",{h.name} ", 1))
             hostmod.install_gpu_standin(cfg, h, layout(h.index).gpus)
         cfg.known_hosts.write_text("\n".join(known) + "\n")
+        key_file = cfg.run_dir / "api-key"
+        if not key_file.exists():  # the lab fleet's API key: exercises the secret path end to end
+            import secrets
+
+            key_file.write_text(f"sk-lab-{secrets.token_hex(16)}\n")
+            key_file.chmod(0o600)
         cfg.ssh_config.write_text(_ssh_config(cfg, wanted))
         for h in to_boot:
             hostmod.boot(cfg, h, network.netns(h.name))

@@ -1,0 +1,5 @@
+"""Run one stage alone (after preflight, which changes nothing): `pyinfra inventories/prod.py deploys/service.py`."""
+
+from vlmfleet.stages.run import run_stages
+
+run_stages(["service"])
