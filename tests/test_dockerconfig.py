@@ -1,0 +1,35 @@
+"""daemon.json is merged, never clobbered."""
+
+from vlmfleet.dockerconfig import NVIDIA_RUNTIME, merge, ours, render
+from vlmfleet.settings import resolve
+
+
+def test_merge_keeps_every_foreign_key_and_unions_lists():
+    existing = {"log-driver": "journald", "registry-mirrors": ["https://theirs.example"],
+                "runtimes": {"crun": {"path": "/usr/bin/crun"}}, "live-restore": True}
+    wanted = {"registry-mirrors": ["https://ours.example"], "runtimes": NVIDIA_RUNTIME,
+              "insecure-registries": ["10.0.0.1:5000"]}
+    assert merge(existing, wanted) == {
+        "log-driver": "journald", "live-restore": True,
+        "registry-mirrors": ["https://ours.example", "https://theirs.example"],
+        "runtimes": {"crun": {"path": "/usr/bin/crun"},
+                     "nvidia": {"args": [], "path": "nvidia-container-runtime"}},
+        "insecure-registries": ["10.0.0.1:5000"],
+    }
+
+
+def test_merge_is_idempotent():
+    once = merge({"a": 1, "registry-mirrors": ["x"]}, {"registry-mirrors": ["y", "x"]})
+    assert merge(once, {"registry-mirrors": ["y", "x"]}) == once == {"a": 1, "registry-mirrors": ["y", "x"]}
+
+
+def test_ours_follows_the_settings():
+    assert ours(resolve({})) == {"runtimes": NVIDIA_RUNTIME}
+    assert ours(resolve({"nvidia_runtime": False})) == {}
+    assert ours(resolve({"nvidia_runtime": False, "docker_registry_mirrors": ["https://m"],
+                         "docker_insecure_registries": ["r:5000"], "docker_daemon_options": {"live-restore": True}})) == {
+        "registry-mirrors": ["https://m"], "insecure-registries": ["r:5000"], "live-restore": True}
+
+
+def test_render_is_stable_json():
+    assert render({"b": 1, "a": [2]}) == '{\n  "a": [\n    2\n  ],\n  "b": 1\n}\n'

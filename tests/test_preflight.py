@@ -1,0 +1,105 @@
+"""Preflight by value: each problem names the host, the key or fact, and the fix; a fit host gets its plan."""
+
+from dataclasses import replace
+
+from vlmfleet.preflight import HostFacts, check, deadline_s, image_version_mismatch
+from vlmfleet.settings import resolve
+
+A10X2 = "0, NVIDIA A10, 23028, 8.6, 580.95.05, 00000000:17:00.0\n1, NVIDIA A10, 23028, 8.6, 580.95.05, 00000000:18:00.0"
+GOOD = HostFacts(os_id="debian", os_version="12", gpu_csv=A10X2, free_model_dir=500 * 10**9, free_docker=500 * 10**9)
+DATA = {"vlm_profile": "qwen7b"}
+
+
+def run(data=DATA, facts=GOOD):
+    return check("gpu1", data, resolve(data), facts)
+
+
+def test_a_fit_host_gets_its_plan():
+    v = run()
+    assert v.ok and v.problems == []
+    assert v.plan.tp == 2 and v.plan.model.id == "qwen2.5-vl-7b-instruct"
+    assert v.summary.startswith("2xA10 (23028 MiB each, cc 8.6, pcie), qwen2.5-vl-7b-instruct tp 2 on vLLM 0.33.0: fits")
+
+
+def test_no_gpu():
+    v = run(facts=replace(GOOD, gpu_csv=None))
+    assert v.problems == ["gpu1: no NVIDIA GPU found (nvidia-smi is missing or failed) — fix: install the NVIDIA "
+                          "driver on the host first; vlmfleet does not install drivers"]
+
+
+def test_driver_older_than_the_image_needs():
+    v = run(facts=replace(GOOD, gpu_csv=A10X2.replace("580.95.05", "550.54.15")))
+    assert len(v.problems) == 1
+    assert v.problems[0].startswith("gpu1: profile qwen7b on 2xA10")
+    assert "driver 550.54.15 is older than 580.65" in v.problems[0]
+    assert run({**DATA, "vllm_version": "0.8.2", "vllm_image": "vllm/vllm-openai:v0.8.2"},
+               replace(GOOD, gpu_csv=A10X2.replace("580.95.05", "550.54.15"))).ok
+
+
+def test_not_enough_disk_for_weights_and_image():
+    v = run(facts=replace(GOOD, free_model_dir=10 * 10**9, free_docker=5 * 10**9))
+    assert v.problems == [
+        "gpu1: /srv/models has 10.0 GB free, the weights of qwen2.5-vl-7b-instruct need 17.4 GB — fix: free disk "
+        "or set model_dir",
+        "gpu1: /var/lib/docker has 5.0 GB free, the image needs 30 GB — fix: free disk or move docker_data_root"]
+    assert run(facts=replace(GOOD, free_model_dir=1, free_docker=1, weights_ready=True, image_present=True)).ok
+
+
+def test_planner_rejection_says_why_and_the_smallest_fix():
+    v = run({**DATA, "vllm_tensor_parallel_size": 3})
+    assert len(v.problems) == 1
+    assert "tensor_parallel_size 3 is invalid for qwen2.5-vl-7b-instruct" in v.problems[0]
+    one_t4 = "0, Tesla T4, 15360, 7.5, 580.95.05\n"
+    v = run(facts=replace(GOOD, gpu_csv=one_t4))
+    assert "does not fit" in v.problems[0] and "fix: serve the AWQ checkpoint" in v.problems[0]
+
+
+def test_bad_data_stops_everything_else():
+    v = run({**DATA, "api_prot": 8000})
+    assert v.problems == ["gpu1: data key 'api_prot' is not a vlmfleet setting — fix: did you mean 'api_port'?"]
+    assert v.plan is None
+
+
+def test_profile_unset_or_unknown():
+    assert run({}).problems[0].startswith("gpu1: data key 'vlm_profile' is unset")
+    assert "unknown profile 'qwen9b'" in run({"vlm_profile": "qwen9b"}).problems[0]
+
+
+def test_image_tag_must_match_the_version():
+    assert image_version_mismatch("vllm/vllm-openai:v0.8.2", "0.33.0") == "0.8.2"
+    assert image_version_mismatch("egs-registry.cn-hangzhou.cr.aliyuncs.com/egs/vllm:0.8.2-pytorch2.6-cu124-20250328",
+                                  "0.8.2") is None
+    assert image_version_mismatch("10.77.0.1:5000/vlmfleet-lab/vllm-standin:0.33.0", "0.33.0") is None
+    v = run({**DATA, "vllm_image": "vllm/vllm-openai:v0.8.2"})
+    assert "runs vLLM 0.8.2 but vllm_version is 0.33.0 — fix: set vllm_version = '0.8.2'" in v.problems[0]
+
+
+def test_unreadable_daemon_json_and_unsupported_os():
+    v = run(facts=replace(GOOD, os_id="centos", os_version="7",
+                          daemon_json={"exists": True, "valid": False, "error": "Expecting value at line 1"}))
+    assert v.problems[:2] == [
+        "gpu1: /etc/docker/daemon.json is not valid JSON (Expecting value at line 1) — fix: repair it; vlmfleet merges "
+        "its keys into that file and never overwrites one it cannot read",
+        "gpu1: OS centos 7 is not supported — fix: use Debian 12/13 or Ubuntu 22.04/24.04"]
+
+
+def test_gpu_devices_select_a_subset():
+    v = run({**DATA, "gpu_devices": [1]})
+    assert v.ok and v.plan.tp == 1 and v.inventory.gpus[0].index == 1
+    assert "names GPUs [3]" in run({**DATA, "gpu_devices": [3]}).problems[0]
+
+
+def test_config_json_decides_tp_for_the_72b_awq():
+    data = {"vlm_profile": "qwen72b_awq"}
+    a100 = "".join(f"{i}, NVIDIA A100-SXM4-40GB, 40960, 8.0, 580.95.05\n" for i in range(4))
+    facts = replace(GOOD, gpu_csv=a100)
+    assert run(data, facts).ok
+    unpadded = {"intermediate_size": 29568, "quantization_config": {"quant_method": "awq", "group_size": 128}}
+    v = run(data, replace(facts, config_json=unpadded, config_path="gpu1:/srv/models/x/config.json"))
+    assert "AWQ: intermediate_size 29568 / tp 4 = 7392 is not a multiple of group_size 128" in v.problems[0]
+
+
+def test_deadline_per_model_size():
+    assert deadline_s(resolve({}), "qwen2.5-vl-7b-instruct") == 900
+    assert deadline_s(resolve({}), "qwen2.5-vl-72b-instruct-awq") == 1800
+    assert deadline_s(resolve({"health_deadline_s": 60}), "qwen2.5-vl-72b-instruct-awq") == 60
