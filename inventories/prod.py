@@ -11,6 +11,11 @@ _ssh = {
     "ssh_user": "deploy",  # a sudo user with key auth on every GPU box
     "ssh_key": "~/.ssh/id_ed25519",
     "_sudo": True,
+    # Pin the image: the digest you verified, e.g. from `docker buildx imagetools inspect vllm/vllm-openai:v0.33.0`.
+    # PLACEHOLDER (all zeros): pulls fail until you put the real digest here.
+    "vllm_image_digest": "sha256:" + "0" * 64,
+    # The API key file on this (control) machine; uploaded 0600, never printed.
+    "api_key_file": "secrets/api-key",
 }
 
 # Qwen2.5-VL-7B-Instruct, one server per host
