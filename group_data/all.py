@@ -98,8 +98,9 @@ weights_verify = 'full'
 tools_dir = '/opt/vlmfleet'
 # Python package index for the weights tools (e.g. https://mirrors.aliyun.com/pypi/simple)
 pip_index_url = 'https://pypi.org/simple'
-# pinned huggingface_hub
-huggingface_hub_version = '2.4.0'
+# pinned huggingface_hub; 1.17.0 is the last release that resumes an interrupted download (from 1.18 each process
+# writes its own temporary file)
+huggingface_hub_version = '1.17.0'
 # pinned modelscope
 modelscope_version = '1.40.2'
 

@@ -108,7 +108,8 @@ SETTINGS: tuple[Setting, ...] = (
             check=_abs_path),
     Setting("pip_index_url", "https://pypi.org/simple", "str", "Python package index for the weights tools "
             "(e.g. https://mirrors.aliyun.com/pypi/simple)", check=_url),
-    Setting("huggingface_hub_version", "2.4.0", "str", "pinned huggingface_hub"),
+    Setting("huggingface_hub_version", "1.17.0", "str", "pinned huggingface_hub; 1.17.0 is the last release that "
+            "resumes an interrupted download (from 1.18 each process writes its own temporary file)"),
     Setting("modelscope_version", "1.40.2", "str", "pinned modelscope"),
     # -- base
     Setting("docker_package", "docker-ce", "str", "docker-ce from Docker's apt repository, or the distro's "
@@ -165,8 +166,17 @@ class Problem:
         return f"{host}: data key {self.key!r} {self.message} — fix: {self.fix}"
 
 
+def normalize(data: dict[str, Any]) -> dict[str, Any]:
+    """Accept the command-line forms: ``--data vlm_stages=image,service`` arrives as one string."""
+    out = dict(data)
+    if isinstance(out.get("vlm_stages"), str):
+        out["vlm_stages"] = [s.strip() for s in out["vlm_stages"].split(",") if s.strip()]
+    return out
+
+
 def validate(data: dict[str, Any]) -> list[Problem]:
     """Problems of a host's merged data: unknown keys (with the closest known one), wrong types, bad values."""
+    data = normalize(data)
     problems = []
     for key in sorted(data):
         if key in BY_KEY or FOREIGN.match(key):
@@ -202,7 +212,7 @@ def _closest(key: str) -> str | None:
 def resolve(data: dict[str, Any]) -> dict[str, Any]:
     """Defaults overlaid with the host's data (only known keys)."""
     out = defaults()
-    out.update({k: v for k, v in data.items() if k in BY_KEY})
+    out.update({k: v for k, v in normalize(data).items() if k in BY_KEY})
     return out
 
 

@@ -29,7 +29,8 @@ def leftovers(cfg) -> list[str]:
     found += [f"rule {r}" for r in rules.splitlines() if "vlmfleet-lab" in r]
     procs = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True).stdout
     found += [f"process {p.strip()}" for p in procs.splitlines()
-              if not p.startswith("Z") and (str(cfg.root) in p and ("nspawn" in p or "apt-cacher" in p or "registry" in p))]
+              if not p.startswith("Z") and str(cfg.root) in p
+              and any(d in p for d in ("nspawn", "apt-cacher", "registry", "hub_standin", "http.server"))]
     mounts = Path("/proc/mounts").read_text()
     found += [f"mount {m.split()[1]}" for m in mounts.splitlines() if str(cfg.hosts_dir) in m]
     for base in (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup")):
@@ -62,7 +63,8 @@ def test_down_removes_everything_and_up_comes_back_from_the_cache(lab, lab_cfg):
 def _isolated(tmp_path, **extra):
     """Settings for a second, separate lab that must fail before it changes anything."""
     env = {"VLMFLEET_LAB_DIR": str(tmp_path / "lab"), "VLMFLEET_LAB_NET": "10.79.0",
-           "VLMFLEET_LAB_BRIDGE": "vlmtest0", "VLMFLEET_LAB_APT_PORT": "3199", "VLMFLEET_LAB_REGISTRY_PORT": "5099"}
+           "VLMFLEET_LAB_BRIDGE": "vlmtest0", "VLMFLEET_LAB_APT_PORT": "3199", "VLMFLEET_LAB_REGISTRY_PORT": "5099",
+           "VLMFLEET_LAB_HUB_PORT": "8099", "VLMFLEET_LAB_PYPI_PORT": "3198"}
     env.update(extra)
     return env
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import REPO, run_pyinfra
+from conftest import run_pyinfra
 
 pytestmark = pytest.mark.lab
 

@@ -18,11 +18,12 @@ from .config import LabConfig
 from .errors import LabError
 
 HERE = Path(__file__).resolve().parent / "standins" / "hub_repo"
-BUILD_VERSION = 2
-#: repo id -> (catalog config file, shard sizes in MiB)
+BUILD_VERSION = 3
+#: repo id -> (catalog config file, shard sizes in MiB). The first shard is larger than huggingface_hub's 10 MiB
+#: write chunk, so a transfer killed mid-file leaves a partial file on disk to resume from.
 REPOS = {
-    "Qwen/Qwen2.5-VL-7B-Instruct": ("qwen2.5-vl-7b-instruct.config.json", (6, 4)),
-    "Qwen/Qwen2.5-VL-72B-Instruct-AWQ": ("qwen2.5-vl-72b-instruct-awq.config.json", (6, 6)),
+    "Qwen/Qwen2.5-VL-7B-Instruct": ("qwen2.5-vl-7b-instruct.config.json", (24, 6)),
+    "Qwen/Qwen2.5-VL-72B-Instruct-AWQ": ("qwen2.5-vl-72b-instruct-awq.config.json", (16, 6)),
 }
 LFS_SUFFIXES = (".safetensors",)
 GIT_ENV = {"GIT_AUTHOR_NAME": "vlmfleet lab", "GIT_AUTHOR_EMAIL": "lab@vlmfleet.invalid",
@@ -100,16 +101,25 @@ def hub_root(cfg: LabConfig) -> Path:
     return cfg.cache_dir / "hub"
 
 
+def _want() -> str:
+    return hashlib.sha256(json.dumps([BUILD_VERSION, sorted(REPOS.items())]).encode()
+                          + b"".join(p.read_bytes() for p in sorted(HERE.iterdir()))).hexdigest()
+
+
+def stale(cfg: LabConfig) -> bool:
+    stamp = hub_root(cfg) / "stamp"
+    return not (stamp.exists() and stamp.read_text() == _want())
+
+
 def build(cfg: LabConfig) -> Path:
     """Write every lab repository under cache/hub (skipped when the stamp is current); return the root."""
     root = hub_root(cfg)
     stamp = root / "stamp"
-    want = hashlib.sha256(json.dumps([BUILD_VERSION, sorted(REPOS.items())]).encode()
-                          + b"".join(p.read_bytes() for p in sorted(HERE.iterdir()))).hexdigest()
-    if stamp.exists() and stamp.read_text() == want:
+    want = _want()
+    if not stale(cfg):
         return root
     shutil.rmtree(root, ignore_errors=True)
-    index = {}
+    index: dict = {}
     for repo in REPOS:
         files = repo_files(repo)
         rdir = root / "files" / repo
@@ -122,6 +132,7 @@ def build(cfg: LabConfig) -> Path:
                    "blob_id": git_blob_id(lfs_pointer(data) if name.endswith(LFS_SUFFIXES) else data),
                    "lfs": name.endswith(LFS_SUFFIXES)}
             for name, data in sorted(files.items())}}
+    shutil.rmtree(root / "work", ignore_errors=True)
     (root / "index.json").write_text(json.dumps(index, indent=1) + "\n")
     stamp.write_text(want)
     return root

@@ -30,12 +30,17 @@ def _project(filename: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def stale(cfg: LabConfig) -> bool:
+    stamp = cfg.cache_dir / "pypi" / "stamp"
+    return not (stamp.exists() and stamp.read_text() == "\n".join(requirements()))
+
+
 def build(cfg: LabConfig) -> Path:
     root = cfg.cache_dir / "pypi"
     files = root / "files"
     stamp = root / "stamp"
     want = "\n".join(requirements())
-    if stamp.exists() and stamp.read_text() == want:
+    if not stale(cfg):
         return root
     files.mkdir(parents=True, exist_ok=True)
     log = root / "download.log"

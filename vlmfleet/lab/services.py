@@ -108,11 +108,20 @@ def _pypi_argv(cfg: LabConfig) -> list[str]:
     return [sys.executable, "-m", "http.server", "--bind", cfg.gateway, "--directory", str(root), str(cfg.pypi_port)]
 
 
+def _content_stale(cfg: LabConfig, name: str) -> bool:
+    """True when a daemon's served content (model repositories, package mirror) must be rebuilt."""
+    from . import hub, pypi
+
+    return {"hub-standin": hub.stale, "pypi-mirror": pypi.stale}.get(name, lambda _: False)(cfg)
+
+
 def start(cfg: LabConfig) -> None:
-    """Start both daemons (a running one is left alone) and wait until they accept connections."""
+    """Start the daemons (a running one is kept unless its content changed) and wait until they listen."""
     for d in daemons(cfg):
         if pid_alive(d.pid_file(cfg), d.program):
-            continue
+            if not _content_stale(cfg, d.name):
+                continue
+            _stop_one(cfg, d)
         argv = {"apt-cacher-ng": _acng_argv, "registry": _registry_argv, "hub-standin": _hub_argv,
                 "pypi-mirror": _pypi_argv}[d.name](cfg)
         with d.log_file(cfg).open("w") as log:
@@ -126,29 +135,32 @@ def start(cfg: LabConfig) -> None:
             )
 
 
-def stop(cfg: LabConfig) -> list[str]:
-    """Stop both daemons; return what did not stop."""
-    problems = []
-    for d in daemons(cfg):
-        pid = pid_alive(d.pid_file(cfg), d.program)
-        if pid:
+def _stop_one(cfg: LabConfig, d: Daemon) -> str | None:
+    """Stop one daemon; return a description when it would not stop."""
+    pid = pid_alive(d.pid_file(cfg), d.program)
+    if pid:
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        for _ in range(50):
+            if not pid_alive(d.pid_file(cfg), d.program):
+                break
+            time.sleep(0.1)
+        else:
             try:
-                os.killpg(pid, signal.SIGTERM)
+                os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            for _ in range(50):
-                if not pid_alive(d.pid_file(cfg), d.program):
-                    break
-                time.sleep(0.1)
-            else:
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            if pid_alive(d.pid_file(cfg), d.program):
-                problems.append(f"{d.name} (pid {pid})")
-        d.pid_file(cfg).unlink(missing_ok=True)
-    return problems
+        if pid_alive(d.pid_file(cfg), d.program):
+            return f"{d.name} (pid {pid})"
+    d.pid_file(cfg).unlink(missing_ok=True)
+    return None
+
+
+def stop(cfg: LabConfig) -> list[str]:
+    """Stop every daemon; return what did not stop."""
+    return [p for p in (_stop_one(cfg, d) for d in daemons(cfg)) if p]
 
 
 def status(cfg: LabConfig) -> dict[str, str]:

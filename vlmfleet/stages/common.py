@@ -27,11 +27,7 @@ DAEMON_JSON = "/etc/docker/daemon.json"
 
 def host_settings() -> dict[str, Any]:
     """Defaults overlaid with this host's merged data (host > group > all.py)."""
-    data = host.data.dict()
-    stages = data.get("vlm_stages")
-    if isinstance(stages, str):  # --data vlm_stages=image,service
-        data["vlm_stages"] = [s.strip() for s in stages.split(",") if s.strip()]
-    return settings_mod.resolve(data)
+    return settings_mod.resolve(host.data.dict())
 
 
 def weights_manifest_path(s: dict[str, Any], repo: str) -> str:
