@@ -87,9 +87,30 @@ def _cgroup_dirs(host: LabHost) -> list[Path]:
     return [base / host.cgroup]
 
 
-def _remove_cgroup(path: Path) -> None:
+def _cgroup_pids(path: Path) -> list[int]:
+    pids = []
+    for procs in path.rglob("cgroup.procs"):
+        try:
+            pids += [int(p) for p in procs.read_text().split()]
+        except (OSError, ValueError):
+            pass
+    return pids
+
+
+def _remove_cgroup(path: Path, deadline_s: float = 20) -> None:
+    """Remove a host's cgroup tree, first waiting for (then killing) what still runs in it — a host whose
+    nspawn died abruptly leaves its processes shutting down for a while."""
     if not path.is_dir():
         return
+    end = time.monotonic() + deadline_s
+    while _cgroup_pids(path) and time.monotonic() < end:
+        if time.monotonic() > end - deadline_s / 2:
+            for pid in _cgroup_pids(path):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        time.sleep(0.2)
     for sub in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
         try:
             sub.rmdir()
@@ -196,6 +217,16 @@ def stop(cfg: LabConfig, host: LabHost) -> int | None:
         except ProcessLookupError:
             return None
     return pid
+
+
+def orphan_cgroups() -> list[Path]:
+    """vlmlab-* cgroups whose host folder is gone (a lab killed mid-way)."""
+    base = Path("/sys/fs/cgroup")
+    found = []
+    for parent in (base / "systemd", base / "unified", base):
+        if parent.is_dir():
+            found += [p for p in parent.glob("vlmlab-*") if p.is_dir()]
+    return found
 
 
 def reap(cfg: LabConfig, host: LabHost, pid: int | None, deadline_s: float = 30) -> list[str]:

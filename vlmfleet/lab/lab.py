@@ -172,6 +172,10 @@ def down(cfg: LabConfig, purge: bool = False, log: Callable[[str], None] = _log_
             if name not in names and name[1:].isdigit():
                 hosts.append(LabHost(name, int(name[1:]), cfg.host_ip(int(name[1:]))))
         problems = _remove_hosts(cfg, hosts)
+        for cg in hostmod.orphan_cgroups():
+            hostmod._remove_cgroup(cg)
+            if cg.exists():
+                problems.append(f"cgroup {cg}")
         problems += services.stop(cfg)
         problems += network.bridge_down(cfg)
         marker = cfg.run_dir / "nspawn-tmpfs"
