@@ -34,6 +34,16 @@ def lab(lab_cfg):
     return load(lab_cfg)
 
 
+def recreate_lab(lab_cfg) -> dict:
+    """Freshly installed hosts: `lab down` then `lab up --hosts 3`; returns the new inventory data."""
+    for action in (["down"], ["up", "--hosts", "3"]):
+        proc = subprocess.run([*VLMFLEET, "lab", *action], capture_output=True, text=True, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr
+    from vlmfleet.lab.inventory import load
+
+    return load(lab_cfg)
+
+
 def run_pyinfra(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run the real pyinfra CLI from the repository root (where group_data/ lives)."""
     proc = subprocess.run([*PYINFRA, *args], capture_output=True, text=True, cwd=REPO,

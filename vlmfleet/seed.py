@@ -15,7 +15,7 @@ from .catalog import Model, VllmVersion, model
 from .flags import serve_args
 from .gpus import parse_spec
 from .planner import Finding, Plan, Wish, plan
-from .vllm_flags import check
+from .vllm_flags import check, parse_limits
 
 
 @dataclass(frozen=True)
@@ -109,8 +109,7 @@ def parse_command(command: str, version: VllmVersion) -> ParsedCommand:
         elif flag == "--enforce-eager":
             w["enforce_eager"] = True
         elif flag == "--limit-mm-per-prompt":
-            limits = json.loads(value) if value.strip().startswith("{") else {
-                k.strip(): int(v) for k, v in (p.split("=") for p in value.split(","))}
+            limits = parse_limits(value)
             w["limit_images"] = int(limits.get("image", 0))
             w["limit_videos"] = int(limits.get("video", 0))
         elif flag == "--mm-processor-kwargs":

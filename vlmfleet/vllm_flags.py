@@ -96,3 +96,10 @@ def check_table(argv: list[str], t: dict, version: str) -> list[str]:
         if problem:
             problems.append(problem)
     return problems
+
+
+def parse_limits(value: str) -> dict[str, int]:
+    """``image=5,video=0`` (0.8.2) or ``{"image": 5, "video": 0}`` (0.10+) -> {"image": 5, "video": 0}."""
+    if value.strip().startswith("{"):
+        return {k: int(v) for k, v in json.loads(value).items()}
+    return {k.strip(): int(v) for k, v in (part.split("=") for part in value.split(",") if part.strip())}

@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 import testinfra
-from conftest import REPO, VLMFLEET, run_pyinfra
+from conftest import recreate_lab, run_pyinfra
 from pyinfra_results import parse_results
 
 pytestmark = pytest.mark.lab
@@ -17,12 +17,7 @@ pytestmark = pytest.mark.lab
 @pytest.fixture(scope="module")
 def fresh_lab(lab, lab_cfg):
     """Freshly installed hosts (a down + up), so the first run really starts from nothing."""
-    for action in (["down"], ["up", "--hosts", "3"]):
-        proc = subprocess.run([*VLMFLEET, "lab", *action], capture_output=True, text=True, cwd=REPO)
-        assert proc.returncode == 0, proc.stderr
-    from vlmfleet.lab.inventory import load
-
-    return load(lab_cfg)
+    return recreate_lab(lab_cfg)
 
 
 @pytest.fixture(scope="module")

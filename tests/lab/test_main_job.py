@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from conftest import REPO, VLMFLEET, run_pyinfra
+from conftest import recreate_lab, run_pyinfra
 from labutil import SERVED, api_key, chat, image_content, ssh, started_at
 from pyinfra_results import parse_results
 
@@ -20,12 +20,7 @@ pytestmark = pytest.mark.lab
 @pytest.fixture(scope="module")
 def deployed(lab, lab_cfg):
     """Fresh hosts (down + up), then the first run of the main job."""
-    for action in (["down"], ["up", "--hosts", "3"]):
-        proc = subprocess.run([*VLMFLEET, "lab", *action], capture_output=True, text=True, cwd=REPO)
-        assert proc.returncode == 0, proc.stderr
-    from vlmfleet.lab.inventory import load
-
-    data = load(lab_cfg)
+    data = recreate_lab(lab_cfg)
     first = run_pyinfra("-y", "inventories/lab.py", "deploys/vlm.py")
     return data, first.stderr + first.stdout
 

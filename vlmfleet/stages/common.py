@@ -78,6 +78,16 @@ def verdict() -> Verdict:
     return v
 
 
+def fit_host(stage: str):
+    """``(settings, plan)`` for a host that passed preflight; None (with a noop saying so) for one that did not —
+    pyinfra has already failed it at the preflight gate, this keeps planning from building on a missing plan."""
+    v = verdict()
+    if not v.ok:
+        host.noop(f"{stage} skipped: preflight did not pass")
+        return None
+    return host_settings(), v.plan
+
+
 def reset_cache() -> None:
     _VERDICTS.clear()
     _CHANGES.clear()

@@ -14,7 +14,7 @@ from ..facts import CommandJson
 from ..paths import PACKAGE_DIR
 from ..preflight import deadline_s
 from ..service import service_for
-from .common import host_settings, recorded_changes, verdict
+from .common import fit_host, recorded_changes
 
 HEALTH_BIN = "/opt/vlmfleet/bin/vlmfleet-health"
 HEALTH_IMAGE = "/opt/vlmfleet/share/health-check.png"
@@ -38,12 +38,10 @@ def health_command(svc, s, metrics, deadline, quick=False) -> str:
 def health() -> None:
     """Check the server end to end. Skipped (no change) when it was already healthy and nothing was changed in
     this run; otherwise waits up to the deadline and reports time-to-healthy and completion latencies."""
-    v = verdict()
-    if not v.ok:
-        host.noop("health skipped: preflight did not pass")
+    fit = fit_host("health")
+    if fit is None:
         return
-    s = host_settings()
-    p = v.plan
+    s, p = fit
     svc = service_for(s, p)
     deadline = deadline_s(s, p.model.id)
 

@@ -17,19 +17,17 @@ from pyinfra.operations.util import any_changed
 
 from ..preflight import deadline_s
 from ..service import SECRETS_DIR, render_unit, service_for
-from .common import host_settings, record_change, recorded_changes, secret_file, verdict
+from .common import fit_host, record_change, recorded_changes, secret_file
 
 
 @deploy("Service")
 def service() -> None:
     """Install /etc/systemd/system/vllm-<profile>.service and its root-only env file, then start it, or restart
     it when something it runs changed."""
-    v = verdict()
-    if not v.ok:
-        host.noop("service skipped: preflight did not pass")
+    fit = fit_host("service")
+    if fit is None:
         return
-    s = host_settings()
-    p = v.plan
+    s, p = fit
     svc = service_for(s, p)
 
     files.directory(name="Create /etc/vlmfleet", path="/etc/vlmfleet", mode="755")

@@ -9,7 +9,7 @@ from pyinfra.operations import files, pip, server
 from .. import weights as w
 from ..facts import CommandJson
 from ..paths import PACKAGE_DIR
-from .common import host_settings, record_change, secret_file, verdict
+from .common import fit_host, record_change, secret_file
 
 
 @deploy("Weights")
@@ -17,12 +17,11 @@ def weights() -> None:
     """Install huggingface_hub and modelscope (pinned) into the deploy's virtualenv, then fetch the profile's
     checkpoint from ``weights_source`` unless a verified copy is already there. A corrupted or partial copy is
     fetched again (resuming partial files) and verified against the hub's hashes before anything serves it."""
-    v = verdict()
-    if not v.ok:
-        host.noop("weights skipped: preflight did not pass")
+    fit = fit_host("weights")
+    if fit is None:
         return
-    s = host_settings()
-    model = v.plan.model
+    s, p = fit
+    model = p.model
     t = w.tools(s)
 
     files.directory(name=f"Create {s['tools_dir']}/bin", path=f"{s['tools_dir']}/bin", mode="755")

@@ -79,8 +79,7 @@ def parse(argv):
         elif a == "--tensor-parallel-size":
             opts["tp"] = int(val)
         elif a == "--limit-mm-per-prompt":
-            limits = json.loads(val) if val.strip().startswith("{") else dict(
-                (k, int(v)) for k, v in (p.split("=") for p in val.split(",")))
+            limits = vllm_flags.parse_limits(val)
             opts["images"] = int(limits.get("image", 1))
         i += 1
     if not opts["model"]:
