@@ -37,3 +37,37 @@ def test_live_facts_are_a_real_h100():
     assert (81559 * 2**20 - ctx["total_bytes"]) / 2**20 == pytest.approx(480, abs=1)
     # CUDA context + cuBLAS outside PyTorch's allocator: the planner's non_torch_gib (0.7) covers it
     assert (ctx["used_after_context_and_cublas_bytes"] - ctx["torch_allocated_bytes"]) / 2**30 < 0.7
+
+
+def _fact(text: str, name: str):
+    """The JSON a `pyinfra @local fact ...` run printed for one fact."""
+    block = text.split(f"--> Fact data for: {name}\n", 1)[1]
+    return json.loads(block[: block.index("\n}\n") + 2])["@local"]
+
+
+def test_pyinfra_local_facts_on_the_h100_feed_the_same_inventory():
+    """`pyinfra @local fact vlmfleet.facts.GpuQuery ...` ran on the H100: the real fact path."""
+    from vlmfleet.gpus import parse_nvidia_smi
+
+    text = (FIX / "pyinfra-local-facts.txt").read_text()
+    csv = _fact(text, "vlmfleet.facts.GpuQuery")
+    assert csv + "\n" == (FIX / "nvidia-smi-query.csv").read_text()
+    inv = parse_nvidia_smi(csv, _fact(text, "vlmfleet.facts.GpuTopology"))
+    assert inv.describe() == "1xH100 (81559 MiB each, cc 9.0, nvlink)"
+    assert _fact(text, "server.LinuxDistribution")["release_meta"]["VERSION_ID"] == "24.04"
+
+
+@pytest.mark.parametrize("profile", ["qwen7b", "qwen72b_awq"])
+def test_preflight_on_the_h100_is_reproduced_from_its_facts(profile):
+    """`pyinfra -y -v @local deploys/preflight.py --data vlm_profile=...` on the H100 passed; the same facts here
+    give the same verdict line."""
+    from vlmfleet.preflight import HostFacts, check
+    from vlmfleet.settings import resolve
+
+    text = (FIX / "pyinfra-local-facts.txt").read_text()
+    live = (FIX / f"pyinfra-local-preflight-{profile}.txt").read_text()
+    facts = HostFacts(os_id="ubuntu", os_version="24.04", gpu_csv=_fact(text, "vlmfleet.facts.GpuQuery"),
+                      gpu_topo=_fact(text, "vlmfleet.facts.GpuTopology"))
+    v = check("@local", {"vlm_profile": profile}, resolve({"vlm_profile": profile}), facts)
+    assert v.ok
+    assert f"[@local] noop: preflight passed: {v.summary}" in live
