@@ -154,3 +154,25 @@ def test_one_stage_alone_and_by_data_switch(deployed):
         assert rows and all(r.changed == 0 and r.errors == 0 for r in rows)
         names = " ".join(r.operation for r in rows)
         assert "Health |" in names and "Weights |" not in names and "Base |" not in names
+
+
+def test_daemon_json_keys_set_by_someone_else_survive(deployed):
+    """Runs last in this module: it restarts one host's Docker engine."""
+    import json
+
+    lab, _ = deployed
+    h = [h for h in lab["hosts"] if h["group"] == "qwen7b"][-1]
+    current = json.loads(ssh(lab, h["name"], "sudo cat /etc/docker/daemon.json"))
+    theirs = {**current, "log-opts": {"max-size": "10m"}, "insecure-registries": ["registry.example:5000"]}
+    ssh(lab, h["name"], "sudo tee /etc/docker/daemon.json >/dev/null", input=json.dumps(theirs))
+    first = run_pyinfra("-y", "--limit", h["name"], "inventories/lab.py", "deploys/base.py")
+    rows = {r.operation: r for r in parse_results(first.stdout + first.stderr)}
+    assert rows["Base | Merge vlmfleet's keys into /etc/docker/daemon.json"].changed == 1
+    assert rows["Base | Restart Docker after a daemon.json change"].changed == 1
+    merged = json.loads(ssh(lab, h["name"], "sudo cat /etc/docker/daemon.json"))
+    assert merged["log-opts"] == {"max-size": "10m"}
+    assert merged["insecure-registries"] == [lab["registry"], "registry.example:5000"]
+    again = run_pyinfra("-y", "--limit", h["name"], "inventories/lab.py", "deploys/base.py")
+    assert all(r.changed == 0 for r in parse_results(again.stdout + again.stderr))
+    run_pyinfra("-y", "--limit", h["name"], "inventories/lab.py", "deploys/vlm.py")  # back to healthy
+    assert chat(lab, h, "ready?").status_code == 200
