@@ -103,3 +103,15 @@ def test_deadline_per_model_size():
     assert deadline_s(resolve({}), "qwen2.5-vl-7b-instruct") == 900
     assert deadline_s(resolve({}), "qwen2.5-vl-72b-instruct-awq") == 1800
     assert deadline_s(resolve({"health_deadline_s": 60}), "qwen2.5-vl-72b-instruct-awq") == 60
+
+
+def test_secret_files_must_exist_on_the_control_machine(tmp_path):
+    missing = tmp_path / "api-key"
+    v = run({**DATA, "api_key_file": str(missing)})
+    assert v.problems == [f"gpu1: data key 'api_key_file' points at {missing}, which does not exist on this (control) "
+                          "machine — fix: write the secret into it, one line, mode 0600 (or unset api_key_file)"]
+    missing.write_text("")
+    assert run({**DATA, "api_key_file": str(missing)}).problems == [
+        f"gpu1: data key 'api_key_file': {missing} is empty — fix: put the secret on its first line"]
+    missing.write_text("sk-1\n")
+    assert run({**DATA, "api_key_file": str(missing), "hf_token_file": str(missing)}).ok

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from .catalog import CatalogError, model, vllm_version
@@ -58,6 +59,23 @@ def image_version_mismatch(image: str, version: str) -> str | None:
     return None
 
 
+def _secret_file_problems(host: str, key: str, path: str | None) -> list[str]:
+    """A secret file named in data must exist on the control machine and hold a first line."""
+    if not path:
+        return []
+    p = Path(path).expanduser()
+    try:
+        first = p.read_text().splitlines()[0].strip() if p.stat().st_size else ""
+    except FileNotFoundError:
+        return [f"{host}: data key {key!r} points at {path}, which does not exist on this (control) machine — "
+                f"fix: write the secret into it, one line, mode 0600 (or unset {key})"]
+    except (OSError, IndexError) as exc:
+        return [f"{host}: data key {key!r}: cannot read {path} ({exc}) — fix: make it a readable one-line file"]
+    if not first:
+        return [f"{host}: data key {key!r}: {path} is empty — fix: put the secret on its first line"]
+    return []
+
+
 def select_gpus(inv: Inventory, devices: Any) -> Inventory:
     if devices == "all":
         return inv
@@ -82,6 +100,8 @@ def check(host: str, data: dict[str, Any], settings: dict[str, Any], facts: Host
     if v.problems:
         return v  # bad data: judge nothing else on top of it
 
+    for key in ("api_key_file", "hf_token_file"):
+        v.problems += _secret_file_problems(host, key, settings.get(key))
     dj = facts.daemon_json or {}
     if dj.get("exists") and not dj.get("valid"):
         v.problems.append(f"{host}: /etc/docker/daemon.json is not valid JSON ({dj.get('error')}) — fix: repair it; "
