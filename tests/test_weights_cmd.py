@@ -29,3 +29,13 @@ def test_pip_trusts_only_a_plain_http_mirror():
     assert pip_args(resolve({})) == "--index-url https://pypi.org/simple"
     assert pip_args(resolve({"pip_index_url": "http://10.77.0.1:3141/simple"})) == \
         "--index-url http://10.77.0.1:3141/simple --trusted-host 10.77.0.1"
+
+
+def test_the_fetch_tool_and_the_stages_agree_on_the_manifest_name():
+    import re
+    from pathlib import Path
+
+    from vlmfleet.weights import MANIFEST
+
+    tool = (Path(__file__).resolve().parent.parent / "vlmfleet/remote/vlmfleet_fetch.py").read_text()
+    assert re.search(rf'^MANIFEST = "{re.escape(MANIFEST)}"$', tool, re.M)

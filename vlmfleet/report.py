@@ -18,7 +18,7 @@ def _gib(n: int) -> str:
 
 
 def model_path(p: Plan) -> str:
-    return f"/models/{p.model.hf.split('/')[-1]}"
+    return f"/models/{p.model.repo_dir}"
 
 
 def rendered(p: Plan) -> tuple[list[str], dict[str, str]]:

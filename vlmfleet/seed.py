@@ -139,7 +139,7 @@ class SeedRow:
 
     def corrected_args(self) -> list[str]:
         p = self.final
-        return serve_args(p, f"/models/{p.model.hf.split('/')[-1]}", p.model.id)
+        return serve_args(p, f"/models/{p.model.repo_dir}", p.model.id)
 
 
 def evaluate(sc: SeedCommand, version: VllmVersion) -> SeedRow:

@@ -17,6 +17,7 @@ from .flags import serve_args, serve_env
 from .paths import template
 from .planner import Plan
 from .settings import image_ref
+from .weights import dest as weights_dest
 
 SECRETS_DIR = "/etc/vlmfleet/secrets"
 
@@ -39,12 +40,11 @@ class Service:
 
 def service_for(settings: dict[str, Any], plan: Plan) -> Service:
     name = f"vllm-{settings['vlm_profile'].replace('_', '-')}"
-    repo_dir = plan.model.hf.split("/")[-1]
     return Service(
         name=name,
         served_name=settings.get("served_model_name") or plan.model.id,
-        repo_dir=repo_dir,
-        host_weights=f"{settings['model_dir'].rstrip('/')}/{repo_dir}",
+        repo_dir=plan.model.repo_dir,
+        host_weights=weights_dest(settings, plan.model),
         image=image_ref(settings),
         port=int(settings["api_port"]),
         env_file=f"{SECRETS_DIR}/{name}.env",

@@ -9,6 +9,8 @@ from urllib.parse import urlparse
 from .catalog import Model
 
 TOKEN_FILE = "/etc/vlmfleet/secrets/hub-token"
+#: written by vlmfleet-fetch into the checkpoint folder once every file is verified
+MANIFEST = ".vlmfleet-verified.json"
 
 
 def source_repo(model: Model, source: str) -> str:
@@ -28,7 +30,7 @@ def revision(settings: dict[str, Any]) -> str:
 
 
 def dest(settings: dict[str, Any], model: Model) -> str:
-    return f"{settings['model_dir'].rstrip('/')}/{model.hf.split('/')[-1]}"
+    return f"{settings['model_dir'].rstrip('/')}/{model.repo_dir}"
 
 
 def tools(settings: dict[str, Any]) -> dict[str, str]:

@@ -47,7 +47,7 @@ def test_every_accepted_profile_parses_with_real_vllm_0_33():
     v = vllm_version("0.33.0")
     rows = list(accepted(v))
     assert len(rows) > 100
-    argvs = [serve_args(p, f"/models/{p.model.hf.split('/')[-1]}", pid) for pid, _, p in rows]
+    argvs = [serve_args(p, f"/models/{p.model.repo_dir}", pid) for pid, _, p in rows]
     results = real_parse(argvs)
     bad = [(rows[i][0], rows[i][1], r["error"]) for i, r in enumerate(results) if not r["ok"]]
     assert bad == []

@@ -82,6 +82,11 @@ class Model:
     def served_name(self) -> str:
         return self.id
 
+    @property
+    def repo_dir(self) -> str:
+        """The checkpoint's folder name on hosts and in containers: ``Qwen2.5-VL-7B-Instruct``."""
+        return self.hf.split("/")[-1]
+
 
 def _model_from(entry_id: str, raw: dict[str, Any]) -> Model:
     awq = raw.get("awq")

@@ -17,6 +17,7 @@ from pyinfra.facts.files import Sha256File
 from pyinfra.facts.server import LinuxDistribution
 
 from .. import settings as settings_mod
+from .. import weights
 from ..settings import image_ref
 from ..facts import DockerImage, FreeBytes, GpuQuery, GpuTopology, JsonFile
 from ..preflight import HostFacts, Verdict, check
@@ -28,10 +29,6 @@ DAEMON_JSON = "/etc/docker/daemon.json"
 def host_settings() -> dict[str, Any]:
     """Defaults overlaid with this host's merged data (host > group > all.py)."""
     return settings_mod.resolve(host.data.dict())
-
-
-def weights_manifest_path(s: dict[str, Any], repo: str) -> str:
-    return f"{s['model_dir']}/{repo.split('/')[-1]}/.vlmfleet-verified.json"
 
 
 def verdict() -> Verdict:
@@ -49,11 +46,11 @@ def verdict() -> Verdict:
         try:
             from ..catalog import model, profile
 
-            repo = model(profile(s["vlm_profile"]).model_id).hf
-            manifest = host.get_fact(JsonFile, path=weights_manifest_path(s, repo))
+            folder = weights.dest(s, model(profile(s["vlm_profile"]).model_id))
+            manifest = host.get_fact(JsonFile, path=f"{folder}/{weights.MANIFEST}")
             weights_ready = bool(manifest.get("exists") and manifest.get("valid"))
             if weights_ready:  # the verified checkpoint's own numbers win over the catalog's
-                config_path = weights_manifest_path(s, repo).rsplit("/", 1)[0] + "/config.json"
+                config_path = f"{folder}/config.json"
                 cfg = host.get_fact(JsonFile, path=config_path)
                 config_json = cfg.get("data") if cfg.get("valid") else None
         except Exception:  # noqa: BLE001 - a bad profile is reported by check() itself
