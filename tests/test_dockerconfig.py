@@ -1,7 +1,8 @@
 """daemon.json is merged, never clobbered."""
 
 from vlmfleet.dockerconfig import NVIDIA_RUNTIME, merge, ours, render
-from vlmfleet.settings import resolve
+
+from cfgs import cfg
 
 
 def test_merge_keeps_every_foreign_key_and_unions_lists():
@@ -24,12 +25,18 @@ def test_merge_is_idempotent():
 
 
 def test_ours_follows_the_settings():
-    assert ours(resolve({})) == {"runtimes": NVIDIA_RUNTIME}
-    assert ours(resolve({"nvidia_runtime": False})) == {}
-    assert ours(resolve({"nvidia_runtime": False, "docker_registry_mirrors": ["https://m"],
-                         "docker_insecure_registries": ["r:5000"], "docker_daemon_options": {"live-restore": True}})) == {
+    assert ours(cfg()) == {"runtimes": NVIDIA_RUNTIME}
+    assert ours(cfg(nvidia_runtime=False)) == {}
+    assert ours(cfg(nvidia_runtime=False, docker_registry_mirrors=["https://m"],
+                    docker_insecure_registries=["r:5000"], docker_daemon_options={"live-restore": True})) == {
         "registry-mirrors": ["https://m"], "insecure-registries": ["r:5000"], "live-restore": True}
 
 
 def test_render_is_stable_json():
     assert render({"b": 1, "a": [2]}) == '{\n  "a": [\n    2\n  ],\n  "b": 1\n}\n'
+
+
+def test_daemon_options_cannot_replace_the_nvidia_runtime():
+    """Other runtimes merge beside nvidia; the configuration refuses options that would replace it."""
+    got = ours(cfg(docker_daemon_options={"runtimes": {"crun": {"path": "/usr/bin/crun"}}, "live-restore": True}))
+    assert got == {"runtimes": {"crun": {"path": "/usr/bin/crun"}, **NVIDIA_RUNTIME}, "live-restore": True}

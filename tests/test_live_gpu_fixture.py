@@ -61,13 +61,13 @@ def test_pyinfra_local_facts_on_the_h100_feed_the_same_inventory():
 def test_preflight_on_the_h100_is_reproduced_from_its_facts(profile):
     """`pyinfra -y -v @local deploys/preflight.py --data vlm_profile=...` on the H100 passed; the same facts here
     give the same verdict line."""
+    from vlmfleet.config import config_for
     from vlmfleet.preflight import HostFacts, check
-    from vlmfleet.settings import resolve
 
     text = (FIX / "pyinfra-local-facts.txt").read_text()
     live = (FIX / f"pyinfra-local-preflight-{profile}.txt").read_text()
     facts = HostFacts(os_id="ubuntu", os_version="24.04", gpu_csv=_fact(text, "vlmfleet.facts.GpuQuery"),
                       gpu_topo=_fact(text, "vlmfleet.facts.GpuTopology"))
-    v = check("@local", {"vlm_profile": profile}, resolve({"vlm_profile": profile}), facts)
+    v = check(config_for("@local", {"vlm_profile": profile, "api_bind": "127.0.0.1"}, ssh_port=None), facts)
     assert v.ok
     assert f"[@local] noop: preflight passed: {v.summary}" in live

@@ -2,16 +2,16 @@
 
 from dataclasses import replace
 
-from vlmfleet.preflight import HostFacts, check, deadline_s, image_version_mismatch
-from vlmfleet.settings import resolve
+from vlmfleet.config import build, config_for, image_version_mismatch
+from vlmfleet.preflight import HostFacts, check
 
 A10X2 = "0, NVIDIA A10, 23028, 8.6, 580.95.05, 00000000:17:00.0\n1, NVIDIA A10, 23028, 8.6, 580.95.05, 00000000:18:00.0"
 GOOD = HostFacts(os_id="debian", os_version="12", gpu_csv=A10X2, free_model_dir=500 * 10**9, free_docker=500 * 10**9)
-DATA = {"vlm_profile": "qwen7b"}
+DATA = {"vlm_profile": "qwen7b", "api_key_file": "/k"}
 
 
 def run(data=DATA, facts=GOOD):
-    return check("gpu1", data, resolve(data), facts)
+    return check(config_for("gpu1", data, check_files=False), facts)
 
 
 def test_a_fit_host_gets_its_plan():
@@ -23,8 +23,16 @@ def test_a_fit_host_gets_its_plan():
 
 def test_no_gpu():
     v = run(facts=replace(GOOD, gpu_csv=None))
-    assert v.problems == ["gpu1: no NVIDIA GPU found (nvidia-smi is missing or failed) — fix: install the NVIDIA "
+    assert v.problems == ["gpu1: no NVIDIA GPU found (nvidia-smi is not installed) — fix: install the NVIDIA "
                           "driver on the host first; vlmfleet does not install drivers"]
+
+
+def test_nvidia_smi_failing_says_the_driver_is_not_loaded():
+    msg = ("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. Make sure that the latest "
+           "NVIDIA driver is installed and running.")
+    v = run(facts=replace(GOOD, gpu_csv=None, gpu_error=msg + "\n"))
+    assert v.problems == [f"gpu1: nvidia-smi failed, the NVIDIA driver is not loaded or not working ({msg}) — fix: "
+                          "install or load the driver (reboot after installing it) until `nvidia-smi` lists the GPUs"]
 
 
 def test_driver_older_than_the_image_needs():
@@ -32,6 +40,8 @@ def test_driver_older_than_the_image_needs():
     assert len(v.problems) == 1
     assert v.problems[0].startswith("gpu1: profile qwen7b on 2xA10")
     assert "driver 550.54.15 is older than 580.65" in v.problems[0]
+    assert v.problems[0].endswith("— fix: upgrade the NVIDIA driver to >= 580.65, or vllm_version = '0.8.2' with "
+                                  "its image")
     assert run({**DATA, "vllm_version": "0.8.2", "vllm_image": "vllm/vllm-openai:v0.8.2"},
                replace(GOOD, gpu_csv=A10X2.replace("580.95.05", "550.54.15"))).ok
 
@@ -40,29 +50,28 @@ def test_not_enough_disk_for_weights_and_image():
     v = run(facts=replace(GOOD, free_model_dir=10 * 10**9, free_docker=5 * 10**9))
     assert v.problems == [
         "gpu1: /srv/models has 10.0 GB free, the weights of qwen2.5-vl-7b-instruct need 17.4 GB — fix: free disk "
-        "or set model_dir",
-        "gpu1: /var/lib/docker has 5.0 GB free, the image needs 30 GB — fix: free disk or move docker_data_root"]
+        "there, or set model_dir to a folder on a larger disk",
+        "gpu1: /var/lib/docker has 5.0 GB free, the image needs 30 GB — fix: free disk there, or set "
+        "docker_data_root to a folder on a larger disk"]
     assert run(facts=replace(GOOD, free_model_dir=1, free_docker=1, weights_ready=True, image_present=True)).ok
 
 
 def test_planner_rejection_says_why_and_the_smallest_fix():
     v = run({**DATA, "vllm_tensor_parallel_size": 3})
-    assert len(v.problems) == 1
-    assert "tensor_parallel_size 3 is invalid for qwen2.5-vl-7b-instruct" in v.problems[0]
+    assert len(v.problems) == 2  # one line per problem: too few GPUs, heads that do not split
+    head = ("gpu1: profile qwen7b on 2xA10 (23028 MiB each, cc 8.6, pcie) with vLLM 0.33.0 is invalid (data key "
+            "'vllm_tensor_parallel_size'): tensor_parallel_size 3 ")
+    assert v.problems[0].startswith(head + "needs 3 GPUs, the host has 2")
+    assert v.problems[1].startswith(head + "is invalid for qwen2.5-vl-7b-instruct")
+    for line in v.problems:
+        assert line.endswith("— fix: vllm_tensor_parallel_size = 2 (correct the invalid settings)")
+        assert line.count("— fix:") == 1
     one_t4 = "0, Tesla T4, 15360, 7.5, 580.95.05\n"
     v = run(facts=replace(GOOD, gpu_csv=one_t4))
-    assert "does not fit" in v.problems[0] and "fix: serve the AWQ checkpoint" in v.problems[0]
-
-
-def test_bad_data_stops_everything_else():
-    v = run({**DATA, "api_prot": 8000})
-    assert v.problems == ["gpu1: data key 'api_prot' is not a vlmfleet setting — fix: did you mean 'api_port'?"]
-    assert v.plan is None
-
-
-def test_profile_unset_or_unknown():
-    assert run({}).problems[0].startswith("gpu1: data key 'vlm_profile' is unset")
-    assert "unknown profile 'qwen9b'" in run({"vlm_profile": "qwen9b"}).problems[0]
+    assert "does not fit" in v.problems[0] and "— fix: vlm_profile = 'qwen7b_awq' (serve the AWQ checkpoint" in v.problems[0]
+    # the fix names real keys: applying it fits
+    assert run({**DATA, "vlm_profile": "qwen7b_awq"}, replace(GOOD, gpu_csv=one_t4)).ok
+    assert run({**DATA, "vllm_tensor_parallel_size": 2}).ok
 
 
 def test_image_tag_must_match_the_version():
@@ -70,8 +79,8 @@ def test_image_tag_must_match_the_version():
     assert image_version_mismatch("egs-registry.cn-hangzhou.cr.aliyuncs.com/egs/vllm:0.8.2-pytorch2.6-cu124-20250328",
                                   "0.8.2") is None
     assert image_version_mismatch("10.77.0.1:5000/vlmfleet-lab/vllm-standin:0.33.0", "0.33.0") is None
-    v = run({**DATA, "vllm_image": "vllm/vllm-openai:v0.8.2"})
-    assert "runs vLLM 0.8.2 but vllm_version is 0.33.0 — fix: set vllm_version = '0.8.2'" in v.problems[0]
+    _, problems = build("gpu1", {**DATA, "vllm_image": "vllm/vllm-openai:v0.8.2"}, check_files=False)
+    assert "runs vLLM 0.8.2 but vllm_version is 0.33.0 — fix: vllm_version = '0.8.2'" in problems[0].render("gpu1")
 
 
 def test_unreadable_daemon_json_and_unsupported_os():
@@ -86,11 +95,13 @@ def test_unreadable_daemon_json_and_unsupported_os():
 def test_gpu_devices_select_a_subset():
     v = run({**DATA, "gpu_devices": [1]})
     assert v.ok and v.plan.tp == 1 and v.inventory.gpus[0].index == 1
-    assert "names GPUs [3]" in run({**DATA, "gpu_devices": [3]}).problems[0]
+    assert run({**DATA, "gpu_devices": [3]}).problems == [
+        "gpu1: data key 'gpu_devices' = [3]: names GPUs [3] the host does not have (it has [0, 1]) — fix: gpu_devices = "
+        "[0, 1] (or 'all')"]
 
 
 def test_config_json_decides_tp_for_the_72b_awq():
-    data = {"vlm_profile": "qwen72b_awq"}
+    data = {**DATA, "vlm_profile": "qwen72b_awq"}
     a100 = "".join(f"{i}, NVIDIA A100-SXM4-40GB, 40960, 8.0, 580.95.05\n" for i in range(4))
     facts = replace(GOOD, gpu_csv=a100)
     assert run(data, facts).ok
@@ -100,18 +111,15 @@ def test_config_json_decides_tp_for_the_72b_awq():
 
 
 def test_deadline_per_model_size():
-    assert deadline_s(resolve({}), "qwen2.5-vl-7b-instruct") == 900
-    assert deadline_s(resolve({}), "qwen2.5-vl-72b-instruct-awq") == 1800
-    assert deadline_s(resolve({"health_deadline_s": 60}), "qwen2.5-vl-72b-instruct-awq") == 60
+    assert config_for("h", DATA, check_files=False).deadline_s == 900
+    awq = {**DATA, "vlm_profile": "qwen72b_awq"}
+    assert config_for("h", awq, check_files=False).deadline_s == 1800
+    assert config_for("h", {**awq, "health_deadline_s": 60}, check_files=False).deadline_s == 60
 
 
-def test_secret_files_must_exist_on_the_control_machine(tmp_path):
-    missing = tmp_path / "api-key"
-    v = run({**DATA, "api_key_file": str(missing)})
-    assert v.problems == [f"gpu1: data key 'api_key_file' points at {missing}, which does not exist on this (control) "
-                          "machine — fix: write the secret into it, one line, mode 0600 (or unset api_key_file)"]
-    missing.write_text("")
-    assert run({**DATA, "api_key_file": str(missing)}).problems == [
-        f"gpu1: data key 'api_key_file': {missing} is empty — fix: put the secret on its first line"]
-    missing.write_text("sk-1\n")
-    assert run({**DATA, "api_key_file": str(missing), "hf_token_file": str(missing)}).ok
+def test_a_daemon_json_data_root_elsewhere_than_docker_data_root():
+    dj = {"exists": True, "valid": True, "data": {"data-root": "/data/docker"}}
+    v = run(facts=replace(GOOD, daemon_json=dj))
+    assert v.problems == ["gpu1: /etc/docker/daemon.json keeps images in /data/docker, but docker_data_root is "
+                          "/var/lib/docker (the disk check looks there) — fix: docker_data_root = '/data/docker'"]
+    assert run({**DATA, "docker_data_root": "/data/docker"}, replace(GOOD, daemon_json=dj)).ok

@@ -9,8 +9,9 @@ import pytest
 from vlmfleet.catalog import vllm_version
 from vlmfleet.gpus import parse_spec
 from vlmfleet.profiles import plan_profile
-from vlmfleet.service import docker_run_args, exec_line, render_unit, service_for, systemd_quote
-from vlmfleet.settings import resolve
+from vlmfleet.service import docker_run_args, exec_line, plan_record, render_unit, systemd_quote
+
+from cfgs import cfg
 
 V033 = vllm_version("0.33.0")
 
@@ -21,11 +22,10 @@ def t4_plan():
 
 
 def test_docker_run_arguments_exactly(t4_plan):
-    s = resolve({"vlm_profile": "qwen7b", "gpu_devices": [0, 1], "api_key_file": "/k"})
-    svc = service_for(s, t4_plan)
-    assert (svc.name, svc.unit, svc.served_name, svc.host_weights) == (
+    c = cfg(gpu_devices=[0, 1])
+    assert (c.service, c.paths.unit_name, c.served_name, c.paths.weights) == (
         "vllm-qwen7b", "vllm-qwen7b.service", "qwen2.5-vl-7b-instruct", "/srv/models/Qwen2.5-VL-7B-Instruct")
-    assert docker_run_args(svc, t4_plan, s) == [
+    assert docker_run_args(c, t4_plan) == [
         "/usr/bin/docker", "run", "--rm", "--name", "vllm-qwen7b", "--network", "host", "--ipc", "host",
         "--gpus", '"device=0,1"',
         "--env-file", "/etc/vlmfleet/secrets/vllm-qwen7b.env",
@@ -42,12 +42,10 @@ def test_docker_run_arguments_exactly(t4_plan):
 
 
 def test_no_gpus_flag_without_the_nvidia_runtime_and_never_privileged(t4_plan):
-    s = resolve({"vlm_profile": "qwen7b", "nvidia_runtime": False})
-    args = docker_run_args(service_for(s, t4_plan), t4_plan, s)
+    args = docker_run_args(cfg(nvidia_runtime=False), t4_plan)
     assert "--gpus" not in args and "--privileged" not in args
-    assert resolve({"vlm_profile": "qwen7b"})["gpu_devices"] == "all"
-    s_all = resolve({"vlm_profile": "qwen7b"})
-    assert docker_run_args(service_for(s_all, t4_plan), t4_plan, s_all)[9:11] == ["--gpus", "all"]
+    assert cfg().gpu_devices == "all"
+    assert docker_run_args(cfg(), t4_plan)[9:11] == ["--gpus", "all"]
 
 
 @pytest.mark.parametrize("arg, quoted", [
@@ -78,22 +76,35 @@ def _verify_root(tmp_path: Path) -> Path:
 
 
 def test_unit_passes_systemd_analyze_verify_without_a_warning(tmp_path, t4_plan):
-    s = resolve({"vlm_profile": "qwen7b", "gpu_devices": [0, 1]})
-    svc = service_for(s, t4_plan)
-    unit = render_unit(svc, t4_plan, s, 900)
+    c = cfg(gpu_devices=[0, 1])
+    unit_name = c.paths.unit_name
+    unit = render_unit(c, t4_plan)
     root = _verify_root(tmp_path)
-    (root / "etc/systemd/system" / svc.unit).write_text(unit)
-    proc = subprocess.run(["systemd-analyze", "verify", f"--root={root}", svc.unit], capture_output=True, text=True)
+    (root / "etc/systemd/system" / unit_name).write_text(unit)
+    proc = subprocess.run(["systemd-analyze", "verify", f"--root={root}", unit_name], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout + proc.stderr == "", proc.stdout + proc.stderr
     # the check itself can fail: a bad value is reported
-    (root / "etc/systemd/system" / svc.unit).write_text(unit.replace("Restart=on-failure", "Restart=sometimes"))
-    proc = subprocess.run(["systemd-analyze", "verify", f"--root={root}", svc.unit], capture_output=True, text=True)
+    (root / "etc/systemd/system" / unit_name).write_text(unit.replace("Restart=on-failure", "Restart=sometimes"))
+    proc = subprocess.run(["systemd-analyze", "verify", f"--root={root}", unit_name], capture_output=True, text=True)
     assert "Failed to parse service restart specifier" in proc.stderr
 
 
 def test_unit_carries_no_secret_and_says_where_the_key_lives(t4_plan):
-    s = resolve({"vlm_profile": "qwen7b", "api_key_file": "/secret/key"})
-    unit = render_unit(service_for(s, t4_plan), t4_plan, s, 900)
-    assert "--api-key" not in unit and "VLLM_API_KEY" not in unit
-    assert "The API key comes from /etc/vlmfleet/secrets/vllm-qwen7b.env (root, 0600)." in unit
+    unit = render_unit(cfg(api_key_file="/secret/key"), t4_plan)
+    assert "--api-key" not in unit and "VLLM_API_KEY" not in unit and "/secret/key" not in unit
+    assert "--env-file /etc/vlmfleet/secrets/vllm-qwen7b.env" in unit
     assert "StartLimitBurst=5" in unit and "Restart=on-failure" in unit
+    assert unit.startswith("# Managed by vlmfleet (stage service, profile qwen7b)")
+
+
+def test_planner_numbers_and_the_deadline_live_in_the_plan_record_not_the_unit(t4_plan):
+    """A planner constant or the health deadline changing rewrites the record and restarts nothing."""
+    from dataclasses import replace
+
+    other = replace(t4_plan, kv_capacity_tokens=t4_plan.kv_capacity_tokens + 12345)
+    assert render_unit(cfg(), t4_plan) == render_unit(cfg(), other)
+    assert render_unit(cfg(), t4_plan) == render_unit(cfg(health_deadline_s=60), t4_plan)
+    assert str(t4_plan.kv_capacity_tokens) not in render_unit(cfg(), t4_plan)
+    assert plan_record(cfg(), t4_plan) != plan_record(cfg(), other)
+    assert '"health_deadline_s": 60' in plan_record(cfg(health_deadline_s=60), t4_plan)
+    assert '"kv_capacity_tokens": %d' % t4_plan.kv_capacity_tokens in plan_record(cfg(), t4_plan)

@@ -1,33 +1,31 @@
 """What the weights stage runs: exact commands per source, never a token in argv."""
 
-from vlmfleet.catalog import model
-from vlmfleet.settings import resolve
 from vlmfleet.weights import fetch_command, pip_args, revision
 
-M7 = model("qwen2.5-vl-7b-instruct")
+from cfgs import cfg
 
 
 def test_huggingface_through_a_mirror():
-    s = resolve({"hf_endpoint": "https://hf-mirror.com", "hf_token_file": "secrets/hf"})
-    assert fetch_command(s, M7) == (
+    s = cfg(hf_endpoint="https://hf-mirror.com", hf_token_file="secrets/hf")
+    assert fetch_command(s) == (
         "/opt/vlmfleet/venv/bin/python /opt/vlmfleet/bin/vlmfleet-fetch --source huggingface "
         "--repo Qwen/Qwen2.5-VL-7B-Instruct --revision main --dest /srv/models/Qwen2.5-VL-7B-Instruct "
         "--endpoint https://hf-mirror.com --verify full --token-file /etc/vlmfleet/secrets/hub-token")
 
 
 def test_modelscope_and_git_lfs_use_master_and_modelscope_ids():
-    ms = resolve({"weights_source": "modelscope"})
+    ms = cfg(weights_source="modelscope")
     assert revision(ms) == "master"
-    assert fetch_command(ms, M7, check=True).endswith(
+    assert fetch_command(ms, check=True).endswith(
         "--revision master --dest /srv/models/Qwen2.5-VL-7B-Instruct --endpoint https://www.modelscope.cn "
         "--verify full --check")
-    git = resolve({"weights_source": "git-lfs", "weights_revision": "v1.0"})
-    assert "--source git-lfs --repo Qwen/Qwen2.5-VL-7B-Instruct --revision v1.0" in fetch_command(git, M7)
+    git = cfg(weights_source="git-lfs", weights_revision="v1.0")
+    assert "--source git-lfs --repo Qwen/Qwen2.5-VL-7B-Instruct --revision v1.0" in fetch_command(git)
 
 
 def test_pip_trusts_only_a_plain_http_mirror():
-    assert pip_args(resolve({})) == "--index-url https://pypi.org/simple"
-    assert pip_args(resolve({"pip_index_url": "http://10.77.0.1:3141/simple"})) == \
+    assert pip_args(cfg()) == "--index-url https://pypi.org/simple"
+    assert pip_args(cfg(pip_index_url="http://10.77.0.1:3141/simple")) == \
         "--index-url http://10.77.0.1:3141/simple --trusted-host 10.77.0.1"
 
 

@@ -9,20 +9,23 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .config import HostConfig
+
 #: what `nvidia-ctk runtime configure --runtime=docker` adds (the toolkit's own default entry)
 NVIDIA_RUNTIME = {"nvidia": {"args": [], "path": "nvidia-container-runtime"}}
 
 
-def ours(settings: dict[str, Any]) -> dict[str, Any]:
-    """The daemon.json keys vlmfleet manages for a host's settings."""
+def ours(cfg: HostConfig) -> dict[str, Any]:
+    """The daemon.json keys vlmfleet manages for a host (the configuration has checked that
+    docker_daemon_options cannot replace any of them)."""
     out: dict[str, Any] = {}
-    if settings.get("docker_registry_mirrors"):
-        out["registry-mirrors"] = list(settings["docker_registry_mirrors"])
-    if settings.get("docker_insecure_registries"):
-        out["insecure-registries"] = list(settings["docker_insecure_registries"])
-    if settings.get("nvidia_runtime"):
-        out["runtimes"] = json.loads(json.dumps(NVIDIA_RUNTIME))
-    out.update(settings.get("docker_daemon_options") or {})
+    if cfg.docker_registry_mirrors:
+        out["registry-mirrors"] = list(cfg.docker_registry_mirrors)
+    if cfg.docker_insecure_registries:
+        out["insecure-registries"] = list(cfg.docker_insecure_registries)
+    out = merge(out, json.loads(json.dumps(dict(cfg.docker_daemon_options))))
+    if cfg.nvidia_runtime:
+        out = merge(out, {"runtimes": json.loads(json.dumps(NVIDIA_RUNTIME))})
     return out
 
 

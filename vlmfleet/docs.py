@@ -1,8 +1,14 @@
-"""Tables the README carries, generated from the code so they cannot drift (tests compare them)."""
+"""Reference pages generated from the code so they cannot drift: ``python -m vlmfleet.docs`` rewrites them
+(a fast test fails when one is stale)."""
 
 from __future__ import annotations
 
-from .settings import SETTINGS
+import sys
+from pathlib import Path
+
+from .config import SETTINGS
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def data_keys_table() -> str:
@@ -10,6 +16,41 @@ def data_keys_table() -> str:
     rows = ["| key | default | meaning |", "|---|---|---|"]
     for s in SETTINGS:
         default = repr(s.default).replace("|", "\\|")
-        doc = s.doc + (" (" + sep.join(s.choices) + ")" if s.choices else "")
-        rows.append(f"| `{s.key}` | `{default}` | {doc} |")
+        doc = s.doc + (" (" + sep.join(map(str, s.choices)) + ")" if s.choices else "")
+        rows.append(f"| `{s.key}` | `{default}` | {'**' if s.dangerous else ''}{doc}{'**' if s.dangerous else ''} |")
     return "\n".join(rows) + "\n"
+
+
+def data_keys_page() -> str:
+    return (
+        "# Data keys\n\n"
+        "<!-- generated from vlmfleet/config.py by `python -m vlmfleet.docs`; edit the schema, not this page -->\n\n"
+        "Every key vlmfleet reads from pyinfra data, with its one default (the schema in `vlmfleet/config.py`). "
+        "pyinfra merges `--data` > host data (the inventory) > group data (`group_data/<group>.py`) > "
+        "`group_data/all.py`. Preflight checks every value — type, range, format, and the rules between keys — and "
+        "fails the host with one line per problem (host, key, value, why, a fix that passes) before anything "
+        "changes. Keys pyinfra owns (`ssh_*`, `_sudo`, ...) pass through.\n\n"
+        "Rules between keys: `vllm_max_num_batched_tokens` >= `vllm_max_num_seqs`; `gpu_devices` unique and "
+        "present on the host; `vllm_tensor_parallel_size` <= the GPUs given; `vllm_quantization` only on an AWQ "
+        "checkpoint; `vllm_kv_cache_dtype` among the version's; the image tag's vLLM version = `vllm_version`; "
+        "`api_port` is not the SSH port; a non-loopback `api_bind` needs `api_key_file` (or the dangerous "
+        "`api_allow_unauthenticated`); a host is in exactly one profile group; `model_dir`, `tools_dir` and "
+        "`docker_data_root` do not overlap; `docker_daemon_options` cannot replace what vlmfleet manages.\n\n"
+        + data_keys_table()
+    )
+
+
+PAGES = {"docs/data-keys.md": data_keys_page}
+
+
+def main() -> int:
+    for rel, make in PAGES.items():
+        path = REPO / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(make())
+        print(f"wrote {rel}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

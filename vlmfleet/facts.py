@@ -8,20 +8,27 @@ import shlex
 
 from pyinfra.api import FactBase
 
+from .config import UNIT_DIR, UNIT_MARKER
 from .gpus import NVIDIA_SMI_QUERY, NVIDIA_SMI_TOPO
 
 
 class GpuQuery(FactBase):
-    """Output of the preflight ``nvidia-smi --query-gpu=...`` (CSV text), or None without nvidia-smi/driver."""
+    """The preflight ``nvidia-smi --query-gpu=...``: ``{"csv": "0, NVIDIA A10, ..."}`` when it works,
+    ``{"error": "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver..."}`` when
+    nvidia-smi runs and fails (no driver loaded), None without nvidia-smi."""
 
     requires_command = "nvidia-smi"
 
     def command(self) -> str:
-        return f"{NVIDIA_SMI_QUERY} 2>&1 || true"
+        return f"out=$({NVIDIA_SMI_QUERY} 2>&1); echo \"rc=$?\"; printf '%s\\n' \"$out\""
 
     def process(self, output):
-        text = "\n".join(output).strip()
-        return text or None
+        lines = list(output)
+        rc = lines.pop(0).strip() if lines and lines[0].startswith("rc=") else "rc=?"
+        text = "\n".join(lines).strip()
+        if rc == "rc=0" and text:
+            return {"csv": text}
+        return {"error": text or f"nvidia-smi exited with {rc[3:]} and printed nothing"}
 
 
 class GpuTopology(FactBase):
@@ -95,20 +102,16 @@ class DockerImage(FactBase):
         return {"id": image_id, "repo_digests": repo_digests}
 
 
-class ContainerState(FactBase):
-    """``{"running": bool, "started_at": str, "image": str}`` of a named container, or None."""
+class VlmfleetUnits(FactBase):
+    """Names of the unit files vlmfleet wrote on this host (first line ``# Managed by vlmfleet``), e.g.
+    ``["vllm-qwen7b.service"]``: how the service stage finds a profile the host has left."""
 
-    requires_command = "docker"
-
-    def command(self, container: str) -> str:
-        return (f"docker inspect --format '{{{{.State.Running}}}} {{{{.State.StartedAt}}}} {{{{.Image}}}}' "
-                f"{shlex.quote(container)} 2>/dev/null || true")
+    def command(self, unit_dir: str = UNIT_DIR, marker: str = UNIT_MARKER) -> str:
+        return (f"for f in {shlex.quote(unit_dir)}/vllm-*.service; do [ -f \"$f\" ] && "
+                f"head -n 1 \"$f\" | grep -qF {shlex.quote(marker)} && basename \"$f\"; done; true")
 
     def process(self, output):
-        parts = "\n".join(output).split()
-        if len(parts) != 3:
-            return None
-        return {"running": parts[0] == "true", "started_at": parts[1], "image": parts[2]}
+        return sorted(line.strip() for line in output if line.strip().endswith(".service"))
 
 
 class CommandJson(FactBase):

@@ -16,7 +16,7 @@ def templates_dir() -> Path:
 
 
 def template(relative: str) -> str:
-    """Absolute path of one template, e.g. ``template("hello/vlmfleet-hello.service.j2")``."""
+    """Absolute path of one template, e.g. ``template("service/vllm.service.j2")``."""
     path = templates_dir() / relative
     if not path.is_file():
         raise FileNotFoundError(f"vlmfleet template {relative} missing from {templates_dir()}")

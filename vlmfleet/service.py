@@ -1,78 +1,48 @@
-"""The systemd unit that runs one served model in Docker: pure builders, tested by exact value.
+"""The systemd unit that runs one served model in Docker, and the plan record beside it: pure builders, tested
+by exact value.
 
 ``docker run`` gets: the GPUs (``--gpus``, unless nvidia_runtime is off), ``--ipc=host`` (tensor parallel needs
 shared memory), the host network, the weights read-only, the API key from a root-only env file (never in argv),
 ``HF_HUB_OFFLINE=1``, the allocator setting and the NCCL settings of the interconnect — and no ``--privileged``.
+
+The unit holds only what systemd and docker need, so a change of planner constants (KV estimates, the health
+deadline) rewrites the plan record (``RemotePaths.plan_file``, read by the health report) and restarts nothing.
 """
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass
-from typing import Any
 
 from jinja2 import Environment, StrictUndefined
 
+from .config import UNIT_MARKER, HostConfig
 from .flags import serve_args, serve_env
 from .paths import template
 from .planner import Plan
-from .settings import image_ref
-from .weights import dest as weights_dest
-
-SECRETS_DIR = "/etc/vlmfleet/secrets"
 
 
-@dataclass(frozen=True)
-class Service:
-    name: str  # unit and container name, e.g. vllm-qwen7b
-    served_name: str
-    repo_dir: str  # e.g. Qwen2.5-VL-7B-Instruct
-    host_weights: str  # e.g. /srv/models/Qwen2.5-VL-7B-Instruct
-    image: str
-    port: int
-    env_file: str
-    auth_file: str
-
-    @property
-    def unit(self) -> str:
-        return f"{self.name}.service"
-
-
-def service_for(settings: dict[str, Any], plan: Plan) -> Service:
-    name = f"vllm-{settings['vlm_profile'].replace('_', '-')}"
-    return Service(
-        name=name,
-        served_name=settings.get("served_model_name") or plan.model.id,
-        repo_dir=plan.model.repo_dir,
-        host_weights=weights_dest(settings, plan.model),
-        image=image_ref(settings),
-        port=int(settings["api_port"]),
-        env_file=f"{SECRETS_DIR}/{name}.env",
-        auth_file=f"{SECRETS_DIR}/{name}.auth",
-    )
-
-
-def gpus_flag(settings: dict[str, Any]) -> list[str]:
-    if not settings.get("nvidia_runtime"):
+def gpus_flag(cfg: HostConfig) -> list[str]:
+    if not cfg.nvidia_runtime:
         return []
-    devices = settings.get("gpu_devices", "all")
-    if devices == "all":
+    if cfg.gpu_devices == "all":
         return ["--gpus", "all"]
-    return ["--gpus", f'"device={",".join(str(d) for d in devices)}"']
+    return ["--gpus", f'"device={",".join(str(d) for d in cfg.gpu_devices)}"']
 
 
-def docker_run_args(svc: Service, plan: Plan, settings: dict[str, Any]) -> list[str]:
+def docker_run_args(cfg: HostConfig, plan: Plan) -> list[str]:
     """``docker run ...`` for the unit's ExecStart, as a list (the unit quotes it)."""
-    args = ["/usr/bin/docker", "run", "--rm", "--name", svc.name, "--network", "host", "--ipc", "host"]
-    args += gpus_flag(settings)
-    args += ["--env-file", svc.env_file]
+    paths = cfg.paths
+    args = ["/usr/bin/docker", "run", "--rm", "--name", cfg.service, "--network", "host", "--ipc", "host"]
+    args += gpus_flag(cfg)
+    args += ["--env-file", paths.env_file]
     for key, value in serve_env(plan).items():
         args += ["--env", f"{key}={value}"]
-    args += ["--label", f"vlmfleet.profile={settings['vlm_profile']}"]
-    args += ["--volume", f"{svc.host_weights}:/models/{svc.repo_dir}:ro"]
-    vllm = serve_args(plan, f"/models/{svc.repo_dir}", svc.served_name, host=settings["api_bind"], port=svc.port)
+    args += ["--label", f"vlmfleet.profile={cfg.vlm_profile}"]
+    args += ["--volume", f"{paths.weights}:{paths.container_weights}:ro"]
+    vllm = serve_args(plan, paths.container_weights, cfg.served_name, host=cfg.api_bind, port=cfg.api_port)
     assert vllm[:2] == ["vllm", "serve"]
-    args += ["--entrypoint", "vllm", svc.image, *vllm[1:]]
+    args += ["--entrypoint", "vllm", cfg.image_ref, *vllm[1:]]
     return args
 
 
@@ -97,12 +67,28 @@ def exec_line(args: list[str]) -> str:
     return " \\\n    ".join(" ".join(words) for words in lines)
 
 
-def render_unit(svc: Service, plan: Plan, settings: dict[str, Any], deadline_s: int) -> str:
+STOP_TIMEOUT_S = 30
+
+
+def render_unit(cfg: HostConfig, plan: Plan) -> str:
+    """The unit file: the marker line, the profile, and what systemd runs. No plan numbers (see the module doc)."""
     env = Environment(undefined=StrictUndefined, keep_trailing_newline=True)
     with open(template("service/vllm.service.j2")) as fh:
         tmpl = env.from_string(fh.read())
     return tmpl.render(
-        svc=svc, plan=plan, profile=settings["vlm_profile"],
-        exec_start=exec_line(docker_run_args(svc, plan, settings)),
-        stop_timeout=30, deadline_s=deadline_s,
+        marker=UNIT_MARKER, name=cfg.service, plan_file=cfg.paths.plan_file, served_name=cfg.served_name, profile=cfg.vlm_profile,
+        exec_start=exec_line(docker_run_args(cfg, plan)), stop_timeout=STOP_TIMEOUT_S,
     )
+
+
+def plan_record(cfg: HostConfig, plan: Plan) -> str:
+    """``/var/lib/vlmfleet/<service>.plan.json``: what the planner decided for this host, for people and the
+    health report. Changing it restarts nothing."""
+    record = {
+        "service": cfg.service, "profile": cfg.vlm_profile, "served_name": cfg.served_name,
+        "model": plan.model.id, "gpus": plan.inventory.describe(), "vllm": plan.version.version,
+        "tp": plan.tp, "max_model_len": plan.max_model_len, "kv_capacity_tokens": plan.kv_capacity_tokens,
+        "max_concurrent_max_length_requests": round(plan.concurrency, 2), "health_deadline_s": cfg.deadline_s,
+        "image": cfg.image_ref, "weights": cfg.paths.weights,
+    }
+    return json.dumps(record, indent=2, sort_keys=True) + "\n"

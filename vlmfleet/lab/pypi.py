@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..settings import BY_KEY
+from ..config import BY_KEY
 from .config import LabConfig
 from .errors import LabError
 from .sh import tail

@@ -12,8 +12,9 @@ from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from .. import dockerconfig
+from ..config import HostConfig
 from ..facts import JsonFile
-from .common import DAEMON_JSON, host_settings
+from .common import DAEMON_JSON
 
 BASE_PACKAGES = ["ca-certificates", "curl", "gnupg", "git", "git-lfs", "python3-venv"]
 DOCKER_KEY = "/etc/apt/keyrings/docker.asc"
@@ -32,44 +33,47 @@ def nvidia_repo_line(url: str) -> str:
 
 
 @deploy("Base")
-def base() -> None:
+def base(cfg: HostConfig) -> list:
     """Install git-lfs and Docker (docker-ce from Docker's repository, or the distro's docker.io), the NVIDIA
     container toolkit when ``nvidia_runtime``, and merge vlmfleet's keys into /etc/docker/daemon.json.
-    dockerd restarts only when daemon.json changed."""
-    s = host_settings()
+    dockerd restarts only when daemon.json changed. Returns the operations the service must react to (none:
+    a dockerd restart restarts the containers itself).
+
+    + cfg: the host's configuration, e.g. ``cfg.docker_package == "docker-ce"``
+    """
     meta = (host.get_fact(LinuxDistribution) or {}).get("release_meta") or {}
     os_id, codename = (meta.get("ID") or "debian").lower(), meta.get("VERSION_CODENAME") or "bookworm"
 
     apt.packages(name="Install git-lfs and base tools", packages=BASE_PACKAGES, update=True, cache_time=3600)
 
-    if s["docker_package"] == "docker-ce":
+    if cfg.docker_package == "docker-ce":
         files.directory(name="Create /etc/apt/keyrings", path="/etc/apt/keyrings", mode="755")
-        key = files.download(name="Fetch Docker's apt key", src=f"{s['docker_apt_url'].rstrip('/')}/gpg",
+        key = files.download(name="Fetch Docker's apt key", src=f"{cfg.docker_apt_url.rstrip('/')}/gpg",
                              dest=DOCKER_KEY, mode="644")
         repo = files.put(name="Add Docker's apt repository", dest="/etc/apt/sources.list.d/docker.list", mode="644",
-                         src=StringIO(docker_repo_line(s["docker_apt_url"], os_id, codename)))
+                         src=StringIO(docker_repo_line(cfg.docker_apt_url, os_id, codename)))
         apt.update(name="Update apt after adding Docker's repository", _if=any_changed(key, repo))
         docker_pkgs = ["docker-ce", "docker-ce-cli", "containerd.io"]
     else:
         docker_pkgs = ["docker.io", "apparmor"]
-    apt.packages(name=f"Install Docker ({s['docker_package']})", packages=docker_pkgs)
+    apt.packages(name=f"Install Docker ({cfg.docker_package})", packages=docker_pkgs)
     systemd.service(name="Enable and start Docker", service="docker.service", running=True, enabled=True)
 
     existing = host.get_fact(JsonFile, path=DAEMON_JSON)
     current = existing.get("data", {}) if existing.get("valid") else {}
 
-    if s["nvidia_runtime"]:
+    if cfg.nvidia_runtime:
         if host.get_fact(File, path=NVIDIA_KEY):
             host.noop("NVIDIA's apt key is already installed")
             nkey = None
         else:
             nkey = server.shell(
                 name="Fetch NVIDIA's container toolkit apt key",
-                commands=[f"curl -fsSL {s['nvidia_toolkit_apt_url'].rstrip('/')}/gpgkey "
+                commands=[f"curl -fsSL {cfg.nvidia_toolkit_apt_url.rstrip('/')}/gpgkey "
                           f"| gpg --dearmor --yes -o {NVIDIA_KEY}"])
         nrepo = files.put(name="Add NVIDIA's container toolkit repository", mode="644",
                           dest="/etc/apt/sources.list.d/nvidia-container-toolkit.list",
-                          src=StringIO(nvidia_repo_line(s["nvidia_toolkit_apt_url"])))
+                          src=StringIO(nvidia_repo_line(cfg.nvidia_toolkit_apt_url)))
         apt.update(name="Update apt after adding NVIDIA's repository",
                    _if=any_changed(nkey, nrepo) if nkey else nrepo.did_change)
         apt.packages(name="Install the NVIDIA container toolkit", packages=["nvidia-container-toolkit"])
@@ -78,11 +82,12 @@ def base() -> None:
                          commands=["nvidia-ctk runtime configure --runtime=docker"])
 
     files.directory(name="Create /etc/docker", path="/etc/docker", mode="755")
-    merged = dockerconfig.merge(current, dockerconfig.ours(s))
+    merged = dockerconfig.merge(current, dockerconfig.ours(cfg))
     if existing.get("exists") and merged == current:
         host.noop("/etc/docker/daemon.json already has every vlmfleet key")
-        return
+        return []
     daemon = files.put(name="Merge vlmfleet's keys into /etc/docker/daemon.json", dest=DAEMON_JSON, mode="644",
                        src=StringIO(dockerconfig.render(merged)))
     systemd.service(name="Restart Docker after a daemon.json change", service="docker.service", restarted=True,
                     _if=daemon.did_change)
+    return []

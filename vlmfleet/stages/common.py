@@ -1,107 +1,63 @@
-"""What every stage shares: the host's settings, facts and preflight verdict, and two small operations.
+"""What every stage shares: building the host's configuration once, and two small operations.
 
-pyinfra runs deploy code at planning time against the host *before* the run, so everything here reads facts
-once per host and caches the verdict; operations express the state to reach.
+pyinfra runs deploy code at planning time against the host *before* the run. ``host_config()`` turns the host's
+merged data into one checked, immutable :class:`~vlmfleet.config.HostConfig`; ``vlmfleet.stages.run`` passes it
+(and the preflight plan) to every stage as arguments, and each stage returns the operations a later stage must
+react to.
 """
 
 from __future__ import annotations
 
 import hashlib
+import shlex
 from io import BytesIO
 from pathlib import Path
-from typing import Any
 
 from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, operation
 from pyinfra.facts.files import Sha256File
-from pyinfra.facts.server import LinuxDistribution
 
-from .. import settings as settings_mod
-from .. import weights
-from ..settings import image_ref
-from ..facts import DockerImage, FreeBytes, GpuQuery, GpuTopology, JsonFile
-from ..preflight import HostFacts, Verdict, check
+from .. import config
+from ..config import HostConfig, Problem
 
-_VERDICTS: dict[str, Verdict] = {}
 DAEMON_JSON = "/etc/docker/daemon.json"
 
 
-def host_settings() -> dict[str, Any]:
-    """Defaults overlaid with this host's merged data (host > group > all.py)."""
-    return settings_mod.resolve(host.data.dict())
+def data_sources() -> dict[str, str]:
+    """Where each of this host's data keys came from, for error messages: ``--data``, the inventory's host
+    data, ``group_data/<group>.py`` (or the inventory's group), ``group_data/all.py``."""
+    inv = host.inventory
+    out: dict[str, str] = {}
+    for key in inv.get_data():
+        out[key] = "group_data/all.py"
+    for group in host.groups:
+        for key in inv.get_group_data(group):
+            out[key] = f"group {group}"
+    for key in inv.get_host_data(host.name):
+        out[key] = "inventory host data"
+    for key in inv.get_override_data():
+        out[key] = "--data"
+    return out
 
 
-def verdict() -> Verdict:
-    """The preflight verdict for the current host (facts gathered once, then cached)."""
-    if host.name in _VERDICTS:
-        return _VERDICTS[host.name]
+def profile_groups() -> dict[str, str]:
+    """The host's groups that select a profile (``{"qwen7b": "qwen7b"}``), unless its own data picks one."""
+    inv = host.inventory
+    if "vlm_profile" in inv.get_host_data(host.name) or "vlm_profile" in inv.get_override_data():
+        return {}
+    return {g: inv.get_group_data(g)["vlm_profile"] for g in host.groups
+            if inv.get_group_data(g).get("vlm_profile")}
+
+
+def host_config() -> tuple[HostConfig | None, list[Problem]]:
+    """This host's configuration, or the problems with its data (built once per host per run)."""
     data = host.data.dict()
-    s = host_settings()
-    dist = host.get_fact(LinuxDistribution) or {}
-    meta = dist.get("release_meta") or {}
-    weights_ready = False
-    image_present = False
-    config_json, config_path = None, ""
-    if s.get("vlm_profile"):
-        try:
-            from ..catalog import model, profile
-
-            folder = weights.dest(s, model(profile(s["vlm_profile"]).model_id))
-            manifest = host.get_fact(JsonFile, path=f"{folder}/{weights.MANIFEST}")
-            weights_ready = bool(manifest.get("exists") and manifest.get("valid"))
-            if weights_ready:  # the verified checkpoint's own numbers win over the catalog's
-                config_path = f"{folder}/config.json"
-                cfg = host.get_fact(JsonFile, path=config_path)
-                config_json = cfg.get("data") if cfg.get("valid") else None
-        except Exception:  # noqa: BLE001 - a bad profile is reported by check() itself
-            pass
-    if settings_mod.validate(data) == []:
-        image_present = bool(host.get_fact(DockerImage, ref=image_ref(s)))
-    facts = HostFacts(
-        os_id=(meta.get("ID") or str(dist.get("name") or "")).lower() or None,
-        os_version=meta.get("VERSION_ID"),
-        gpu_csv=host.get_fact(GpuQuery),
-        gpu_topo=host.get_fact(GpuTopology),
-        free_model_dir=host.get_fact(FreeBytes, path=str(s.get("model_dir") or "/")),
-        free_docker=host.get_fact(FreeBytes, path=str(s.get("docker_data_root") or "/")),
-        weights_ready=weights_ready,
-        image_present=image_present,
-        daemon_json=host.get_fact(JsonFile, path=DAEMON_JSON),
-        config_json=config_json,
-        config_path=f"{host.name}:{config_path}",
-    )
-    v = check(host.name, data, s, facts)
-    _VERDICTS[host.name] = v
-    return v
-
-
-def fit_host(stage: str):
-    """``(settings, plan)`` for a host that passed preflight; None (with a noop saying so) for one that did not —
-    pyinfra has already failed it at the preflight gate, this keeps planning from building on a missing plan."""
-    v = verdict()
-    if not v.ok:
-        host.noop(f"{stage} skipped: preflight did not pass")
-        return None
-    return host_settings(), v.plan
-
-
-def reset_cache() -> None:
-    _VERDICTS.clear()
-    _CHANGES.clear()
-
-
-# Operations of earlier stages that later stages react to (a new image or new weights restart the service).
-_CHANGES: dict[str, dict[str, list]] = {}
-
-
-def record_change(kind: str, op) -> None:
-    """Remember an operation of this host whose change matters later, e.g. ``record_change("image", pull)``."""
-    _CHANGES.setdefault(host.name, {}).setdefault(kind, []).append(op)
-
-
-def recorded_changes(*kinds: str) -> list:
-    per_host = _CHANGES.get(host.name, {})
-    return [op for kind in kinds for op in per_host.get(kind, [])]
+    ssh = host.connector_cls.__name__ == "SSHConnector"  # @local, @docker...: no SSH port to keep clear
+    try:
+        ssh_port = int(data.get("ssh_port") or 22) if ssh else None
+    except (TypeError, ValueError):
+        ssh_port = 22
+    return config.build(host.name, data, sources=data_sources(), ssh_port=ssh_port, profile_groups=profile_groups())
 
 
 # ---- operations ------------------------------------------------------------------------------------------
@@ -109,10 +65,8 @@ def recorded_changes(*kinds: str) -> list:
 def fail_host(reasons: list[str]):
     """Fail this host now, before any change, printing each reason on its own line.
 
-    + reasons: e.g. ``["h2: data key 'api_port' must be int — fix: api_port = 8000"]``
+    + reasons: e.g. ``["h2: data key 'api_port' = 22 (--data): is this host's SSH port — fix: api_port = 8000"]``
     """
-    import shlex
-
     text = "\n".join(reasons)
     yield f"printf '%s\\n' {shlex.quote(text)} >&2; exit 1"
 

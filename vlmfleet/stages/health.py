@@ -3,6 +3,7 @@ exports the version's metrics — within the model's deadline, or the host fails
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import shlex
 
@@ -10,72 +11,80 @@ from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.operations import files, python, server
 
+from ..config import HostConfig
 from ..facts import CommandJson
 from ..paths import PACKAGE_DIR
-from ..preflight import deadline_s
-from ..service import service_for
-from .common import fit_host, recorded_changes
-
-HEALTH_BIN = "/opt/vlmfleet/bin/vlmfleet-health"
-HEALTH_IMAGE = "/opt/vlmfleet/share/health-check.png"
-RESULTS = "/var/lib/vlmfleet/health"
+from ..planner import Plan
 
 
-def health_command(svc, s, metrics, deadline, quick=False) -> str:
+def health_url(cfg: HostConfig) -> str:
+    """Where the checker on the host reaches the server: loopback unless vLLM binds one address only."""
+    bind = ipaddress.ip_address(cfg.api_bind)
+    if bind.is_unspecified or bind.is_loopback:
+        return f"http://127.0.0.1:{cfg.api_port}"
+    return f"http://[{bind}]:{cfg.api_port}" if bind.version == 6 else f"http://{bind}:{cfg.api_port}"
+
+
+def health_command(cfg: HostConfig, metrics, deadline: int, quick: bool = False) -> str:
     """The checker's command line: no secret in it (the key is read from the root-only auth file)."""
-    args = [HEALTH_BIN, "--url", f"http://127.0.0.1:{svc.port}", "--served", svc.served_name, "--unit", svc.unit,
+    paths = cfg.paths
+    args = [paths.health_bin, "--url", health_url(cfg), "--served", cfg.served_name, "--unit", paths.unit_name,
             "--deadline", str(deadline)]
-    if s.get("api_key_file"):
-        args += ["--auth-file", svc.auth_file]
+    if cfg.api_key_file:
+        args += ["--auth-file", paths.auth_file]
     if quick:
         args.append("--quick")
     else:
-        args += ["--image", HEALTH_IMAGE, "--metrics", ",".join(metrics)]
+        args += ["--image", paths.health_image, "--metrics", ",".join(metrics)]
     return shlex.join(args)
 
 
 @deploy("Health")
-def health() -> None:
-    """Check the server end to end. Skipped (no change) when it was already healthy and nothing was changed in
-    this run; otherwise waits up to the deadline and reports time-to-healthy and completion latencies."""
-    fit = fit_host("health")
-    if fit is None:
-        return
-    s, p = fit
-    svc = service_for(s, p)
-    deadline = deadline_s(s, p.model.id)
+def health(cfg: HostConfig, plan: Plan, react_to: list) -> None:
+    """Check the server end to end. Skipped (no change) when it was already healthy and nothing was (re)started
+    in this run; otherwise waits up to the deadline and reports time-to-healthy, latencies and the plan.
 
-    files.directory(name="Create /opt/vlmfleet/bin", path="/opt/vlmfleet/bin", mode="755")
-    files.directory(name="Create /opt/vlmfleet/share", path="/opt/vlmfleet/share", mode="755")
-    files.directory(name=f"Create {RESULTS}", path=RESULTS, mode="755")
+    + cfg: the host's configuration (port, served name, ``cfg.deadline_s``)
+    + plan: the preflight plan (the version's metric names)
+    + react_to: the service stage's start/restart operations
+    """
+    paths = cfg.paths
+    deadline = cfg.deadline_s
+
+    for folder in (f"{paths.tools_dir}/bin", f"{paths.tools_dir}/share", paths.health_dir):
+        files.directory(name=f"Create {folder}", path=folder, mode="755")
     tool = files.put(name="Install vlmfleet-health", src=str(PACKAGE_DIR / "remote/vlmfleet_health.py"),
-                     dest=HEALTH_BIN, mode="755")
+                     dest=paths.health_bin, mode="755")
     files.put(name="Install the health check's test image", src=str(PACKAGE_DIR / "assets/health-check.png"),
-              dest=HEALTH_IMAGE, mode="644")
+              dest=paths.health_image, mode="644")
 
-    quick = host.get_fact(CommandJson, command=health_command(svc, s, p.version.metrics, 0, quick=True))
+    quick = host.get_fact(CommandJson, command=health_command(cfg, plan.version.metrics, 0, quick=True))
     healthy_before = bool(quick and quick.get("healthy"))
-    changes = [tool, *recorded_changes("service")]
-    result = f"{RESULTS}/{svc.name}.json"
+    changes = [tool, *react_to]
 
     def must_check() -> bool:
         return not healthy_before or any(op.did_change() for op in changes)
 
-    if healthy_before and not changes[1:]:
-        host.noop(f"{svc.name} is already healthy on port {svc.port}")
+    if healthy_before and not react_to:
+        host.noop(f"{cfg.service} is already healthy on port {cfg.api_port}")
+    result = paths.health_result
     check = server.shell(
-        name=f"Check {svc.name}: /health, /v1/models, chat (text, image), /metrics (deadline {deadline}s)",
-        commands=[f"{health_command(svc, s, p.version.metrics, deadline)} > {result}.tmp && mv {result}.tmp {result}"],
+        name=f"Check {cfg.service}: /health, /v1/models, chat (text, image), /metrics (deadline {deadline}s)",
+        commands=[f"{health_command(cfg, plan.version.metrics, deadline)} > {result}.tmp && mv {result}.tmp {result}"],
         _if=must_check,
     )
 
     def report() -> None:
-        ok, out = host.run_shell_command(f"cat {result}", _sudo=True)
-        try:
-            r = json.loads("\n".join(out.stdout_lines))
-        except (ValueError, AttributeError):
-            r = {}
-        logger.info(f"    [{host.name}] {svc.name} healthy: {r.get('time_to_healthy_s')}s after start; chat text "
-                    f"{r.get('text_latency_s')}s, image {r.get('image_latency_s')}s")
+        out = {}
+        for path in (result, paths.plan_file):
+            _, res = host.run_shell_command(f"cat {shlex.quote(path)}", _sudo=True)
+            try:
+                out[path] = json.loads("\n".join(res.stdout_lines))
+            except (ValueError, AttributeError):
+                out[path] = {}
+        r, p = out[result], out[paths.plan_file]
+        logger.info(f"    [{host.name}] {cfg.service} healthy: {r.get('time_to_healthy_s')}s after start; chat text "
+                    f"{r.get('text_latency_s')}s, image {r.get('image_latency_s')}s; plan: {p.get('gpus')}, tp "
+                    f"{p.get('tp')}, {p.get('kv_capacity_tokens')} KV tokens")
 
-    python.call(name=f"Report {svc.name} health", function=report, _if=check.did_change)
+    python.call(name=f"Report {cfg.service} health", function=report, _if=check.did_change)

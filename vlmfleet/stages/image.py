@@ -6,19 +6,21 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import server
 
+from ..config import HostConfig
 from ..facts import DockerImage
-from ..settings import image_ref
-from .common import host_settings, record_change
 
 
 @deploy("Image")
-def image() -> None:
+def image(cfg: HostConfig) -> list:
     """``docker pull`` the image unless the host already has it. A pinned ``vllm_image_digest`` is pulled and run
-    as ``image@sha256:...``; a tag is pulled once (pin a digest to roll a moving tag forward)."""
-    ref = image_ref(host_settings())
+    as ``image@sha256:...``; a tag is pulled once (pin a digest to roll a moving tag forward). Returns the pull
+    (the service restarts when it changed), or nothing when the image was there.
+
+    + cfg: the host's configuration; ``cfg.image_ref`` is what is pulled, e.g. ``vllm/vllm-openai:v0.33.0``
+    """
+    ref = cfg.image_ref
     have = host.get_fact(DockerImage, ref=ref)
     if have:
         host.noop(f"image {ref} is already present ({have['id'][:19]})")
-        return
-    pull = server.shell(name=f"Pull {ref}", commands=[f"docker pull --quiet {ref}"])
-    record_change("image", pull)
+        return []
+    return [server.shell(name=f"Pull {ref}", commands=[f"docker pull --quiet {ref}"])]

@@ -1,12 +1,20 @@
-"""Run the stages a host's data selects, in order; preflight always runs first (it changes nothing)."""
+"""Run the stages a host's data selects, in order; preflight always runs first (it changes nothing).
+
+The configuration is built once per host here and handed to each stage with the preflight plan; what a stage
+changed that a later stage must react to comes back as its return value.
+"""
 
 from __future__ import annotations
 
-from ..settings import STAGES
-from .common import host_settings
+from ..config import STAGES
+from .common import host_config
 
 
-def stage_functions():
+def run_stages(only: list[str] | None = None) -> None:
+    """Run ``only`` (or the host's ``vlm_stages``) in the canonical order, preflight first.
+
+    + only: e.g. ``["service"]`` (deploys/service.py); None: the host's ``vlm_stages``
+    """
     from .base import base
     from .health import health
     from .image import image
@@ -14,15 +22,23 @@ def stage_functions():
     from .service import service
     from .weights import weights
 
-    return {"preflight": preflight, "base": base, "weights": weights, "image": image, "service": service,
-            "health": health}
+    cfg, problems = host_config()
+    verdict = preflight(cfg, problems)
+    if cfg is None or not verdict.ok:
+        return  # the host fails at the preflight gate; nothing after it is planned
+    wanted = set(only or cfg.vlm_stages)
+    restart_for: list = []
+    started: list = []
+    if "base" in wanted:
+        base(cfg)
+    if "weights" in wanted:
+        restart_for += weights(cfg, verdict.plan)
+    if "image" in wanted:
+        restart_for += image(cfg)
+    if "service" in wanted:
+        started = service(cfg, verdict.plan, restart_for)
+    if "health" in wanted:
+        health(cfg, verdict.plan, started)
 
 
-def run_stages(only: list[str] | None = None) -> None:
-    """Run ``only`` (or the host's ``vlm_stages``) in the canonical order, preflight first."""
-    wanted = only or host_settings().get("vlm_stages") or list(STAGES)
-    funcs = stage_functions()
-    funcs["preflight"]()
-    for stage in STAGES[1:]:
-        if stage in wanted and stage in funcs:
-            funcs[stage]()
+__all__ = ["run_stages", "STAGES"]

@@ -1,0 +1,806 @@
+"""One host's configuration: every data key with its one default, checked once, immutable; every remote path.
+
+Pure Python (no pyinfra). pyinfra merges a host's data (``--data`` > host data > group data); ``build()`` turns
+that merged dict into a :class:`HostConfig` or a list of :class:`Problem` — one per bad value, each naming the
+host, the key, the value, why, and a fix that names a real key with a value that passes. Stages read nothing
+else: ``cfg.api_port``, ``cfg.image_ref``, ``cfg.paths.unit_path``.
+
+The schema below (``SETTINGS``) is the only place a default lives. ``group_data/all.py`` is the operator's file
+for fleet-wide choices; ``docs/data-keys.md`` is generated from this module (``python -m vlmfleet.docs``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+from urllib.parse import urlparse
+
+from .catalog import CatalogError, Model, model, profile, profiles, vllm_version, vllm_versions
+
+STAGES = ("preflight", "base", "weights", "image", "service", "health")
+
+#: data keys pyinfra (or the operator's own deploys) own: never reported as unknown
+FOREIGN = re.compile(r"^(_|ssh_|winrm_|docker_ssh|chroot_|local_)")
+
+# ---- the Docker reference grammar (distribution/reference) -----------------------------------------------
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:]+\])(?::[0-9]{{1,5}})?"
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_TAG = r"[\w][\w.-]{0,127}"
+_DIGEST = r"sha256:[0-9a-f]{64}"
+IMAGE_REF = re.compile(rf"^(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*(?::{_TAG})?(?:@{_DIGEST})?$")
+REGISTRY_HOST = re.compile(rf"^{_DOMAIN}$")
+DIGEST = re.compile(rf"^{_DIGEST}$")
+
+
+# ---- problems --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Fix:
+    """A change that makes a problem go away: ``set`` these keys to these values, ``unset`` those keys.
+
+    + text: what the operator reads, e.g. ``api_port = 8000``; derived from set/unset when empty
+    """
+
+    set: Mapping[str, Any] = field(default_factory=dict)
+    unset: tuple[str, ...] = ()
+    text: str = ""
+
+    def render(self) -> str:
+        if self.text:
+            return self.text
+        parts = [f"{k} = {v!r}" for k, v in self.set.items()] + [f"remove {k}" for k in self.unset]
+        return " and ".join(parts)
+
+    def apply(self, data: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in data.items() if k not in self.unset}
+        out.update(self.set)
+        return out
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One bad value: ``h1: data key 'api_port' = 22 (host data): is this host's SSH port — fix: api_port = 8000``."""
+
+    key: str
+    value: Any
+    why: str
+    fix: Fix
+    source: str = ""
+
+    def render(self, host: str) -> str:
+        where = f" ({self.source})" if self.source else ""
+        value = "is unset" if self.value is None else f"= {self.value!r}"
+        return f"{host}: data key {self.key!r} {value}{where}: {self.why} — fix: {self.fix.render()}"
+
+
+class Bad(Exception):
+    """Raised by a check: ``why`` it is wrong and, when one can be derived from the value, a ``fixed`` value."""
+
+    def __init__(self, why: str, fixed: Any = None):
+        super().__init__(why)
+        self.why = why
+        self.fixed = fixed
+
+
+# ---- value checks (each raises Bad) ----------------------------------------------------------------------
+def _at_least(low: int | float, high: int | float | None = None, what: str = "") -> Callable[[Any], None]:
+    def check(v: Any) -> None:
+        if v < low or (high is not None and v > high):
+            span = f"between {low} and {high}" if high is not None else f">= {low}"
+            raise Bad(f"must be {span}{what}", fixed=high if high is not None and v > high else None)
+    return check
+
+
+def _max_model_len(v: int) -> None:
+    if v != -1 and v < 1:
+        raise Bad("must be a number of tokens >= 1 (or -1 for auto on vLLM 0.33)")
+
+
+def _fraction(v: float) -> None:
+    if not 0.05 <= v <= 1.0:
+        raise Bad("must be a fraction of GPU memory between 0.05 and 1.0")
+
+
+def _port(v: int) -> None:
+    if not 1 <= v <= 65535:
+        raise Bad("must be a TCP port (1-65535)")
+
+
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9._+@/-]*$")
+
+
+def _host_path(v: str) -> None:
+    if not v.startswith("/"):
+        raise Bad("must be an absolute path")
+    if not _SAFE_PATH.match(v) or "//" in v:
+        raise Bad("may hold only letters, digits and . _ + @ - / (it is written into the unit and shell commands)")
+    if any(part == ".." for part in v.split("/")):
+        raise Bad("must not contain '..'")
+    if v.rstrip("/") in ("", "/etc", "/usr", "/bin", "/sbin", "/lib", "/boot", "/proc", "/sys", "/dev", "/var", "/opt"):
+        raise Bad("must be a folder of its own, not a system folder")
+
+
+def _url(v: str) -> None:
+    if re.search(r"\s", v):
+        raise Bad("must be a URL without spaces", fixed=re.sub(r"\s", "", v))
+    u = urlparse(v)
+    if u.scheme not in ("http", "https") or not u.netloc:
+        raise Bad("must be an http(s) URL with a host, e.g. https://hf-mirror.com",
+                  fixed=f"https://{v}" if "://" not in v and v else None)
+    if u.query or u.fragment:
+        raise Bad("must not carry a query or fragment", fixed=f"{u.scheme}://{u.netloc}{u.path}")
+
+
+def _bind(v: str) -> None:
+    try:
+        ipaddress.ip_address(v)
+    except ValueError:
+        raise Bad("must be an IP address this host has, e.g. 0.0.0.0 (all), 127.0.0.1 (this host only)") from None
+
+
+def _image(v: str) -> None:
+    if not v:
+        raise Bad("must name an image, e.g. vllm/vllm-openai:v0.33.0")
+    if not IMAGE_REF.match(v) or len(v.split("@")[0].split(":")[0]) > 255:
+        raise Bad("is not a Docker image reference ([registry/]name[:tag][@sha256:...], lower-case name)",
+                  fixed=v.lower() if IMAGE_REF.match(v.lower()) else None)
+
+
+def _digest(v: str) -> None:
+    if not DIGEST.match(v):
+        raise Bad("must be sha256:<64 lower-case hex digits>, as `docker buildx imagetools inspect` prints it",
+                  fixed=v.lower() if DIGEST.match(v.lower()) else None)
+
+
+def _registry(v: str) -> None:
+    if "://" in v:
+        host = urlparse(v).netloc
+        raise Bad("must be a registry host name (no scheme): the unit runs <mirror>/<image>",
+                  fixed=host if REGISTRY_HOST.match(host) else None)
+    if not REGISTRY_HOST.match(v):
+        raise Bad("must be a registry host name like docker.m.daocloud.io or 10.0.0.5:5000",
+                  fixed=v.strip().strip("/") if REGISTRY_HOST.match(v.strip().strip("/")) else None)
+
+
+def _mirror_urls(v: list) -> None:
+    for i, u in enumerate(v):
+        if not isinstance(u, str):
+            raise Bad(f"item {i} must be a URL string")
+        try:
+            _url(u)
+        except Bad as exc:
+            fixed = [f"https://{x}" if isinstance(x, str) and "://" not in x else x for x in v]
+            raise Bad(f"item {u!r} {exc.why} (dockerd wants https://host)", fixed=fixed) from None
+
+
+def _insecure(v: list) -> None:
+    for u in v:
+        if not isinstance(u, str):
+            raise Bad(f"item {u!r} must be a string host:port or CIDR")
+        try:
+            ipaddress.ip_network(u, strict=False)
+            continue
+        except ValueError:
+            pass
+        if not REGISTRY_HOST.match(u):
+            raise Bad(f"item {u!r} must be a registry host:port (no scheme) or a CIDR",
+                      fixed=[urlparse(x).netloc if isinstance(x, str) and "://" in x else x for x in v])
+
+
+def _name(v: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}", v):
+        raise Bad("must be a non-empty name of letters, digits and . _ : / - (what clients send as \"model\")")
+
+
+def _revision(v: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]*", v) or ".." in v:
+        raise Bad("must be a branch, tag or commit (letters, digits, . _ / -)")
+
+
+def _version(v: str) -> None:
+    if not re.fullmatch(r"\d+(\.\d+)+([a-z]+\d*)?", v):
+        raise Bad("must be a release number like 1.17.0")
+
+
+def _gpu_devices(v: Any) -> None:
+    if v == "all":
+        return
+    if not isinstance(v, list) or not v or not all(isinstance(i, int) and not isinstance(i, bool) for i in v):
+        raise Bad('must be "all" or a non-empty list of GPU indices like [0, 1]')
+    if any(i < 0 for i in v):
+        raise Bad("GPU indices are >= 0", fixed=sorted({i for i in v if i >= 0}) or "all")
+    if len(set(v)) != len(v):
+        raise Bad("names a GPU twice", fixed=sorted(set(v)))
+
+
+def _stages(v: list) -> None:
+    if not v:
+        raise Bad("must name at least one stage (an empty list would run nothing, or everything)",
+                  fixed=list(STAGES))
+    bad = [s for s in v if s not in STAGES]
+    if bad:
+        raise Bad(f"names unknown stages {bad}; known: {', '.join(STAGES)}", fixed=[s for s in v if s in STAGES] or list(STAGES))
+    if len(set(v)) != len(v):
+        raise Bad("names a stage twice", fixed=[s for s in STAGES if s in v])
+
+
+#: daemon.json keys vlmfleet manages through its own data keys
+_DAEMON_OWNED = {"registry-mirrors": "docker_registry_mirrors", "insecure-registries": "docker_insecure_registries"}
+
+
+def _daemon_options(v: dict) -> None:
+    bad = [k for k in v if not isinstance(k, str)]
+    if bad:
+        raise Bad(f"keys must be strings, got {bad}")
+    try:
+        json.dumps(v)
+    except (TypeError, ValueError) as exc:
+        raise Bad(f"must be JSON-serialisable ({exc})") from None
+    for key, own in _DAEMON_OWNED.items():
+        if key in v:
+            raise Bad(f"sets {key!r}, which vlmfleet manages through the data key {own}",
+                      fixed={k: x for k, x in v.items() if k != key})
+    runtimes = v.get("runtimes")
+    if runtimes is not None:
+        if not isinstance(runtimes, dict) or not all(isinstance(r, dict) for r in runtimes.values()):
+            raise Bad("'runtimes' must map names to objects like {\"path\": ...}: a string would replace the NVIDIA "
+                      "runtime", fixed={k: x for k, x in v.items() if k != "runtimes"})
+        if "nvidia" in runtimes:
+            raise Bad("'runtimes.nvidia' is installed by nvidia-ctk (nvidia_runtime); do not set it here",
+                      fixed={k: x for k, x in v.items() if k != "runtimes"})
+
+
+# ---- the schema ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Setting:
+    """One data key.
+
+    + kind: str | int | float | bool | list | dict | any, "?" appended when None (unset) is allowed
+    + example: a value that passes every check, used in fixes when the value itself cannot be repaired
+    """
+
+    key: str
+    default: Any
+    kind: str
+    doc: str
+    choices: tuple[Any, ...] = ()
+    check: Callable[[Any], None] | None = None
+    example: Any = None
+    dangerous: bool = False
+
+    @property
+    def fix_value(self) -> Any:
+        return self.default if self.default is not None else self.example
+
+
+def _profile_choices() -> tuple[str, ...]:
+    return tuple(profiles())
+
+
+def _version_choices() -> tuple[str, ...]:
+    return tuple(vllm_versions())
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # -- what to serve
+    Setting("vlm_profile", None, "str?", "serving profile from vlmfleet/catalog/profiles.yaml; set per group "
+            "(group_data/qwen7b.py: qwen7b, group_data/qwen72b_awq.py: qwen72b_awq)", example="qwen7b",
+            choices=_profile_choices()),
+    Setting("served_model_name", None, "str?", "name clients send as \"model\"; default: the profile's model id",
+            check=_name, example="qwen2.5-vl-7b-instruct"),
+    Setting("vllm_max_model_len", None, "int?", "override the profile's max_model_len (tokens; -1: the largest "
+            "that fits, vLLM 0.33 only)", check=_max_model_len, example=32768),
+    Setting("vllm_max_num_seqs", None, "int?", "override the profile's max_num_seqs (concurrent sequences)",
+            check=_at_least(1, 65536), example=16),
+    Setting("vllm_max_num_batched_tokens", None, "int?", "override the profile's max_num_batched_tokens "
+            "(>= max_num_seqs)", check=_at_least(1, 1048576), example=8192),
+    Setting("vllm_limit_images", None, "int?", "override images per prompt (0: none)", check=_at_least(0, 999),
+            example=5),
+    Setting("vllm_limit_videos", None, "int?", "override videos per prompt (0: none)", check=_at_least(0, 999),
+            example=0),
+    Setting("vllm_max_pixels", None, "int?", "override the largest image kept (pixels; 784 per token, at least "
+            "3136)", check=_at_least(3136, 12845056 * 4), example=1003520),
+    Setting("vllm_gpu_memory_utilization", None, "float?", "override the GPU memory fraction", check=_fraction,
+            example=0.9),
+    Setting("vllm_kv_cache_dtype", None, "str?", "override the KV cache dtype (auto, fp8, ...; the version's "
+            "list in vlmfleet/catalog/vllm.yaml)", example="auto"),
+    Setting("vllm_tensor_parallel_size", None, "int?", "override tp (default: every GPU in gpu_devices)",
+            check=_at_least(1, 64), example=1),
+    Setting("vllm_dtype", None, "str?", "override dtype", choices=("auto", "float16", "bfloat16"), example="auto"),
+    Setting("vllm_quantization", None, "str?", "pass --quantization (default: let vLLM detect it; only for AWQ "
+            "checkpoints)", choices=("awq", "awq_marlin"), example="awq_marlin"),
+    Setting("vllm_enforce_eager", None, "bool?", "override --enforce-eager", example=False),
+    # -- the image
+    Setting("vllm_version", "0.33.0", "str", "vLLM version the image runs (vlmfleet/catalog/vllm.yaml): decides "
+            "flag syntax, defaults, the minimum driver", choices=_version_choices()),
+    Setting("vllm_image", "vllm/vllm-openai:v0.33.0", "str", "image to pull and run; the seed's is "
+            "egs-registry.cn-hangzhou.cr.aliyuncs.com/egs/vllm:0.8.2-pytorch2.6-cu124-20250328", check=_image),
+    Setting("vllm_image_digest", None, "str?", "pin: pull and run image@sha256:...", check=_digest,
+            example="sha256:" + "0" * 64),
+    Setting("image_registry_mirror", None, "str?", "pull Docker Hub images through this registry host "
+            "(e.g. docker.m.daocloud.io); the unit runs the mirrored reference", check=_registry,
+            example="docker.m.daocloud.io"),
+    Setting("image_disk_gb", 30, "float", "free disk the image needs under docker_data_root (vLLM images: "
+            "20-28 GB)", check=_at_least(0.1, 10000)),
+    # -- the service
+    Setting("api_port", 8000, "int", "port vLLM listens on (host network); not the SSH port", check=_port),
+    Setting("api_bind", "0.0.0.0", "str", "address vLLM binds (an IP address)", check=_bind),
+    Setting("api_key_file", None, "str?", "file ON THE CONTROL MACHINE holding the API key; uploaded to "
+            "/etc/vlmfleet/secrets/<service>.env (0600) as VLLM_API_KEY, never in argv or the unit. Required when "
+            "api_bind is not loopback", example="secrets/api-key"),
+    Setting("api_allow_unauthenticated", False, "bool", "DANGEROUS: serve without an API key on a non-loopback "
+            "address (anyone who reaches the port can use the GPUs); only for a network you fully control",
+            dangerous=True),
+    Setting("gpu_devices", "all", "any", 'GPUs given to the container: "all" or indices like [0, 1]',
+            check=_gpu_devices),
+    Setting("gpu_interconnect", None, "str?", "override the GPU link class for NCCL settings",
+            choices=("nvlink", "pcie", "pcie_no_p2p"), example="pcie"),
+    Setting("health_deadline_s", None, "int?", "seconds to wait for a healthy server after a (re)start; default "
+            "per model size: 900 up to 32B, 1800 for 72B", check=_at_least(30, 86400), example=900),
+    # -- weights
+    Setting("model_dir", "/srv/models", "str", "where weights live on the host (mounted read-only into the "
+            "container under /models)", check=_host_path),
+    Setting("weights_source", "huggingface", "str", "where weights come from",
+            choices=("huggingface", "modelscope", "git-lfs")),
+    Setting("weights_revision", "main", "str", "branch, tag or commit to fetch", check=_revision),
+    Setting("hf_endpoint", "https://huggingface.co", "str", "Hugging Face endpoint or mirror "
+            "(HF_ENDPOINT, e.g. https://hf-mirror.com)", check=_url),
+    Setting("modelscope_endpoint", "https://www.modelscope.cn", "str", "ModelScope endpoint", check=_url),
+    Setting("git_lfs_url", "https://www.modelscope.cn", "str", "base URL for git-lfs clones: <url>/<repo>.git",
+            check=_url),
+    Setting("hf_token_file", None, "str?", "file ON THE CONTROL MACHINE holding a hub token; uploaded to "
+            "/etc/vlmfleet/secrets/hub-token (0600), read by the fetch tool, never in argv",
+            example="secrets/hf-token"),
+    Setting("weights_disk_gb", None, "float?", "free disk the weights need under model_dir; default: the "
+            "catalog's size on disk + 5%", check=_at_least(0.1, 10000), example=20.0),
+    Setting("weights_verify", "full", "str", "full: re-hash every file on each run (a corrupted file is "
+            "re-fetched); size: compare sizes only", choices=("full", "size")),
+    Setting("tools_dir", "/opt/vlmfleet", "str", "the deploy's own folder on hosts: the pinned virtualenv, "
+            "vlmfleet-fetch, vlmfleet-health", check=_host_path),
+    Setting("pip_index_url", "https://pypi.org/simple", "str", "Python package index for the weights tools "
+            "(e.g. https://mirrors.aliyun.com/pypi/simple)", check=_url),
+    Setting("huggingface_hub_version", "1.17.0", "str", "pinned huggingface_hub; 1.17.0 is the last release that "
+            "resumes an interrupted download (from 1.18 each process writes its own temporary file)",
+            check=_version),
+    Setting("modelscope_version", "1.40.2", "str", "pinned modelscope", check=_version),
+    # -- base
+    Setting("docker_package", "docker-ce", "str", "docker-ce from Docker's apt repository, or the distro's "
+            "docker.io", choices=("docker-ce", "docker.io")),
+    Setting("docker_apt_url", "https://download.docker.com/linux/debian", "str", "Docker's apt repository "
+            "(or a mirror of it)", check=_url),
+    Setting("docker_data_root", "/var/lib/docker", "str", "where images are stored (checked for free disk)",
+            check=_host_path),
+    Setting("docker_registry_mirrors", [], "list", "daemon.json registry-mirrors, URLs like https://mirror.example "
+            "(merged, never clobbered)", check=_mirror_urls),
+    Setting("docker_insecure_registries", [], "list", "daemon.json insecure-registries, host:port or CIDR "
+            "(merged)", check=_insecure),
+    Setting("docker_daemon_options", {}, "dict", "further daemon.json keys to merge in (not the keys vlmfleet "
+            "manages: registry-mirrors, insecure-registries, runtimes.nvidia; a data-root must equal docker_data_root)", check=_daemon_options),
+    Setting("nvidia_runtime", True, "bool", "install the NVIDIA container toolkit and give containers GPUs "
+            "(--gpus); off only where no GPU exists (the lab)"),
+    Setting("nvidia_toolkit_apt_url", "https://nvidia.github.io/libnvidia-container/stable/deb", "str",
+            "NVIDIA container toolkit apt repository", check=_url),
+    # -- the run
+    Setting("vlm_stages", list(STAGES), "list", "stages deploys/vlm.py runs, in order (e.g. --data "
+            "vlm_stages=preflight,health)", check=_stages),
+)
+
+BY_KEY = {s.key: s for s in SETTINGS}
+
+
+def defaults() -> dict[str, Any]:
+    """Every key's default (fresh copies of lists and dicts)."""
+    return {s.key: json.loads(json.dumps(s.default)) for s in SETTINGS}
+
+
+# ---- the configuration -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RemotePaths:
+    """Every path vlmfleet owns on a host, derived in one place from the configuration and the profile.
+
+    + tools_dir: ``/opt/vlmfleet`` — venv/, bin/vlmfleet-fetch, bin/vlmfleet-health, share/health-check.png
+    + secrets_dir: ``/etc/vlmfleet/secrets`` (root, 0700) — <service>.env, <service>.auth, hub-token
+    + state_dir: ``/var/lib/vlmfleet`` — <service>.plan.json (what the planner decided), health/<service>.json
+    + weights: ``/srv/models/Qwen2.5-VL-7B-Instruct``, mounted read-only at ``/models/Qwen2.5-VL-7B-Instruct``
+    """
+
+    tools_dir: str
+    venv: str
+    python: str
+    fetch_bin: str
+    health_bin: str
+    health_image: str
+    config_dir: str
+    secrets_dir: str
+    token_file: str
+    env_file: str
+    auth_file: str
+    state_dir: str
+    plan_file: str
+    health_dir: str
+    health_result: str
+    unit_name: str
+    unit_path: str
+    weights: str
+    manifest: str
+    config_json: str
+    container_weights: str
+
+
+#: written by vlmfleet-fetch into the checkpoint folder once every file is verified
+MANIFEST = ".vlmfleet-verified.json"
+CONFIG_DIR = "/etc/vlmfleet"
+STATE_DIR = "/var/lib/vlmfleet"
+UNIT_DIR = "/etc/systemd/system"
+CONTAINER_MODELS = "/models"
+#: the first line of every unit vlmfleet writes: how the service stage finds its own units on a host
+UNIT_MARKER = "# Managed by vlmfleet"
+
+
+def service_name(profile_id: str) -> str:
+    """``qwen72b_awq`` -> ``vllm-qwen72b-awq`` (unit and container name)."""
+    return f"vllm-{profile_id.replace('_', '-')}"
+
+
+def is_docker_hub(ref: str) -> bool:
+    first = ref.split("/", 1)[0]
+    return "/" not in ref or ("." not in first and ":" not in first and first != "localhost")
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """A host's checked configuration: read-only attributes named like the data keys (``cfg.api_port``)."""
+
+    host: str
+    values: Mapping[str, Any]
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self.__dict__["values"][key]
+        except KeyError:
+            raise AttributeError(f"HostConfig has no setting {key!r}") from None
+
+    # -- derived values
+    @property
+    def model(self) -> Model:
+        return model(profile(self.vlm_profile).model_id)
+
+    @property
+    def service(self) -> str:
+        return service_name(self.vlm_profile)
+
+    @property
+    def served_name(self) -> str:
+        return self.served_model_name or self.model.id
+
+    @property
+    def image_ref(self) -> str:
+        """What the host pulls and runs: through image_registry_mirror for Docker Hub images, @digest when pinned.
+        ``vllm/vllm-openai:v0.33.0`` + mirror ``docker.m.daocloud.io`` -> ``docker.m.daocloud.io/vllm/...``."""
+        ref = self.vllm_image
+        if self.image_registry_mirror and is_docker_hub(ref):
+            ref = f"{self.image_registry_mirror.rstrip('/')}/{ref}"
+        if self.vllm_image_digest:
+            ref = f"{ref.split('@')[0]}@{self.vllm_image_digest}"
+        return ref
+
+    @property
+    def deadline_s(self) -> int:
+        """Seconds the health stage waits after a (re)start: health_deadline_s, or by model size."""
+        if self.health_deadline_s:
+            return int(self.health_deadline_s)
+        return 1800 if self.model.params_b > 40 else 900
+
+    @property
+    def loopback_only(self) -> bool:
+        return ipaddress.ip_address(self.api_bind).is_loopback
+
+    @property
+    def wish_overrides(self) -> dict[str, Any]:
+        """The planner overrides this host's data asks for (only those set)."""
+        return {wish: self.values[key] for key, wish in WISH_KEYS.items() if self.values.get(key) is not None}
+
+    @property
+    def paths(self) -> RemotePaths:
+        return remote_paths(self.tools_dir, self.model_dir, self.service, self.model.repo_dir)
+
+    def endpoint(self) -> str:
+        return {"huggingface": self.hf_endpoint, "modelscope": self.modelscope_endpoint,
+                "git-lfs": self.git_lfs_url}[self.weights_source]
+
+
+def remote_paths(tools_dir: str, model_dir: str, service: str, repo_dir: str) -> RemotePaths:
+    tools = tools_dir.rstrip("/")
+    secrets = f"{CONFIG_DIR}/secrets"
+    weights = f"{model_dir.rstrip('/')}/{repo_dir}"
+    return RemotePaths(
+        tools_dir=tools, venv=f"{tools}/venv", python=f"{tools}/venv/bin/python",
+        fetch_bin=f"{tools}/bin/vlmfleet-fetch", health_bin=f"{tools}/bin/vlmfleet-health",
+        health_image=f"{tools}/share/health-check.png",
+        config_dir=CONFIG_DIR, secrets_dir=secrets, token_file=f"{secrets}/hub-token",
+        env_file=f"{secrets}/{service}.env", auth_file=f"{secrets}/{service}.auth",
+        state_dir=STATE_DIR, plan_file=f"{STATE_DIR}/{service}.plan.json", health_dir=f"{STATE_DIR}/health",
+        health_result=f"{STATE_DIR}/health/{service}.json",
+        unit_name=f"{service}.service", unit_path=f"{UNIT_DIR}/{service}.service",
+        weights=weights, manifest=f"{weights}/{MANIFEST}", config_json=f"{weights}/config.json",
+        container_weights=f"{CONTAINER_MODELS}/{repo_dir}",
+    )
+
+
+WISH_KEYS = {
+    "vllm_max_model_len": "max_model_len", "vllm_max_num_seqs": "max_num_seqs",
+    "vllm_max_num_batched_tokens": "max_num_batched_tokens", "vllm_limit_images": "limit_images",
+    "vllm_limit_videos": "limit_videos", "vllm_max_pixels": "max_pixels",
+    "vllm_gpu_memory_utilization": "gpu_memory_utilization", "vllm_kv_cache_dtype": "kv_cache_dtype",
+    "vllm_tensor_parallel_size": "tp", "vllm_dtype": "dtype", "vllm_quantization": "quantization",
+    "vllm_enforce_eager": "enforce_eager",
+}
+DATA_KEY_OF_WISH = {wish: key for key, wish in WISH_KEYS.items()}
+
+
+# ---- building --------------------------------------------------------------------------------------------
+def normalize(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Accept the command-line forms of ``--data``: ``vlm_stages=image,service`` and ``gpu_devices=0,1`` arrive
+    as strings (``vlm_stages=`` as an empty one)."""
+    out = dict(data)
+    stages = out.get("vlm_stages")
+    if isinstance(stages, str):
+        out["vlm_stages"] = [s.strip() for s in stages.split(",") if s.strip()]
+    devices = out.get("gpu_devices")
+    if isinstance(devices, str) and re.fullmatch(r"\s*\d+(\s*,\s*\d+)*\s*", devices):
+        out["gpu_devices"] = [int(x) for x in devices.split(",")]
+    if isinstance(out.get("gpu_devices"), int) and not isinstance(out.get("gpu_devices"), bool):
+        out["gpu_devices"] = [out["gpu_devices"]]
+    return out
+
+
+_KIND_OK = {
+    "str": lambda v: isinstance(v, str),
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "bool": lambda v: isinstance(v, bool),
+    "list": lambda v: isinstance(v, list),
+    "dict": lambda v: isinstance(v, dict),
+    "any": lambda v: True,
+}
+
+
+def _coerce(s: Setting, v: Any) -> Any:
+    """A value that passes for a wrongly typed one, when there is an obvious one ("8000" -> 8000)."""
+    kind = s.kind.rstrip("?")
+    try:
+        if kind == "int" and isinstance(v, (str, float)) and not isinstance(v, bool) and float(v) == int(float(v)):
+            return int(float(v))
+        if kind == "float" and isinstance(v, str):
+            return float(v)
+        if kind == "bool" and isinstance(v, str) and v.lower() in ("yes", "no", "on", "off", "1", "0"):
+            return v.lower() in ("yes", "on", "1")
+        if kind == "list" and isinstance(v, str):
+            return [x.strip() for x in v.split(",") if x.strip()]
+    except ValueError:
+        return None
+    return None
+
+
+def _check_value(s: Setting, v: Any) -> tuple[str, Fix] | None:
+    """Type, choices and the key's own check; a problem's why and fix, or None."""
+    kind = s.kind.rstrip("?")
+    if v is None:
+        if s.kind.endswith("?"):
+            return None
+        return "must be set", Fix({s.key: s.fix_value})
+    if not _KIND_OK[kind](v):
+        fixed = _coerce(s, v)
+        if fixed is None or _check_value(s, fixed) is not None:
+            fixed = s.fix_value
+        return f"must be {'a number' if kind == 'float' else kind}, not {type(v).__name__}", Fix({s.key: fixed})
+    if s.choices and v not in s.choices:
+        near = _closest(str(v), [str(c) for c in s.choices])
+        return (f"is not one of {', '.join(map(str, s.choices))}",
+                Fix({s.key: near if near is not None else s.fix_value}))
+    if s.check:
+        try:
+            s.check(v)
+        except Bad as exc:
+            fixed = exc.fixed
+            if fixed is None or _check_value(s, fixed) is not None:
+                fixed = s.fix_value
+            return exc.why, Fix({s.key: fixed})
+    return None
+
+
+def _closest(word: str, choices: list[str]) -> str | None:
+    import difflib
+
+    m = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return m[0] if m else None
+
+
+def _secret_file(key: str, path: str) -> tuple[str, Fix] | None:
+    """A secret file named in data must exist on the control machine and hold a first line."""
+    p = Path(path).expanduser()
+    unset = Fix(unset=(key,), text=f"write the secret into {path} (one line, mode 0600), or remove {key}")
+    try:
+        if not p.is_file():
+            return ("does not exist on this (control) machine" if not p.exists() else "is not a file"), unset
+        first = p.read_text().splitlines()[0].strip() if p.stat().st_size else ""
+    except (OSError, UnicodeDecodeError, IndexError) as exc:
+        return f"cannot be read ({exc.__class__.__name__}: {exc})", unset
+    if not first:
+        return "is empty: the secret goes on its first line", unset
+    return None
+
+
+def image_version_mismatch(image: str, version: str) -> str | None:
+    """The image tag names a vLLM version other than vllm_version (e.g. ...:v0.8.2 with 0.33.0)."""
+    tag = image.split("@")[0].rsplit("/", 1)[-1].partition(":")[2]
+    m = re.search(r"(?<![\d.])v?(\d+\.\d+\.\d+)", tag)
+    if m and m.group(1) != version:
+        return m.group(1)
+    return None
+
+
+def build(host: str, data: Mapping[str, Any], *, sources: Mapping[str, str] | None = None, ssh_port: int = 22,
+          profile_groups: Mapping[str, str] | None = None, check_files: bool = True, verify_fixes: bool = True
+          ) -> tuple[HostConfig | None, list[Problem]]:
+    """The host's configuration, or every problem with its data.
+
+    + data: pyinfra's merged host data, e.g. ``host.data.dict()``; keys pyinfra owns (``ssh_*``, ``_sudo``) pass
+    + sources: where each key came from, e.g. ``{"api_port": "group_data/qwen7b.py"}`` (shown in problems)
+    + ssh_port: the port pyinfra reaches the host on (api_port must differ)
+    + profile_groups: the host's groups that select a profile, e.g. ``{"qwen7b": "qwen7b"}`` (exactly one allowed)
+    + check_files: check api_key_file / hf_token_file on this (control) machine
+    """
+    data = normalize(data)
+    sources = sources or {}
+    problems: list[Problem] = []
+
+    def bad(key: str, why: str, fix: Fix) -> None:
+        problems.append(Problem(key, data.get(key), why, fix, sources.get(key, "")))
+
+    for key in sorted(data):
+        if key in BY_KEY or FOREIGN.match(key):
+            continue
+        near = _closest(key, list(BY_KEY))
+        bad(key, "is not a vlmfleet setting" + (f" (did you mean {near}?)" if near else ""),
+            Fix(unset=(key,), text=f"rename it to {near}" if near else f"remove {key} (docs/data-keys.md lists every key)"))
+    for s in SETTINGS:
+        if s.key in data:
+            found = _check_value(s, data[s.key])
+            if found:
+                bad(s.key, *found)
+    if not problems:  # cross-checks build on sound values
+        values = {**defaults(), **{k: v for k, v in data.items() if k in BY_KEY}}
+        _cross_checks(values, data, bad, ssh_port, profile_groups or {}, check_files)
+    if problems:
+        if verify_fixes:
+            problems = [_verified(p, data, sources, ssh_port, profile_groups, check_files) for p in problems]
+        return None, problems
+    frozen = {k: (tuple(v) if isinstance(v, list) else MappingProxyType(dict(v)) if isinstance(v, dict) else v)
+              for k, v in values.items()}
+    return HostConfig(host, MappingProxyType(frozen)), []
+
+
+def _verified(p: Problem, data: dict[str, Any], sources, ssh_port, profile_groups, check_files) -> Problem:
+    """The problem with a fix that really clears it: a fix whose value trips a rule between keys is replaced by
+    removing the key (its default then applies) when the key may be unset."""
+    if p.fix.text or p.key not in BY_KEY:
+        return p
+    _, left = build("?", p.fix.apply(data), sources=sources, ssh_port=ssh_port, profile_groups=profile_groups,
+                    check_files=check_files, verify_fixes=False)
+    if any(q.key in (p.key, *p.fix.set) for q in left) and BY_KEY[p.key].kind.endswith("?"):
+        return Problem(p.key, p.value, p.why, Fix(unset=(p.key,), text=f"remove {p.key} (the profile's value "
+                       "applies)"), p.source)
+    return p
+
+
+def _cross_checks(v: dict[str, Any], data: Mapping[str, Any], bad, ssh_port: int, profile_groups: Mapping[str, str],
+                  check_files: bool) -> None:
+    """Rules between keys; ``bad(key, why, fix)`` records each."""
+    # -- a host serves one profile
+    chosen = sorted(set(profile_groups.values()))
+    if len(chosen) > 1:
+        groups = ", ".join(f"{g} ({p})" for g, p in sorted(profile_groups.items()))
+        bad("vlm_profile", f"the host is in {len(profile_groups)} profile groups: {groups}; one would win silently",
+            Fix(text=f"keep the host in one of {', '.join(sorted(profile_groups))} in the inventory"))
+    if not v["vlm_profile"]:
+        bad("vlm_profile", "is unset: the host serves no model",
+            Fix({"vlm_profile": "qwen7b"}, text="put the host in a profile group (qwen7b, qwen72b_awq) in the "
+                "inventory, or set vlm_profile = 'qwen7b' in its host data"))
+        return
+    m = model(profile(v["vlm_profile"]).model_id)
+    wish = {**profile(v["vlm_profile"]).wish, **{w: v[k] for k, w in WISH_KEYS.items() if v[k] is not None}}
+    version = vllm_version(v["vllm_version"])
+
+    # -- the image and its version
+    other = image_version_mismatch(v["vllm_image"], version.version)
+    if other and other in vllm_versions():
+        bad("vllm_image", f"runs vLLM {other} but vllm_version is {version.version}",
+            Fix({"vllm_version": other}))
+    elif other:
+        bad("vllm_image", f"runs vLLM {other}, which vlmfleet has no flag table for (known: "
+            f"{', '.join(vllm_versions())})", Fix({"vllm_image": BY_KEY["vllm_image"].default,
+                                                   "vllm_version": BY_KEY["vllm_version"].default}))
+    if "@" in v["vllm_image"] and v["vllm_image_digest"]:
+        bad("vllm_image", "carries a digest and vllm_image_digest pins another: pin in one place",
+            Fix({"vllm_image": v["vllm_image"].split("@")[0]}))
+
+    # -- the scheduler limits vLLM refuses
+    seqs, batched = wish.get("max_num_seqs"), wish.get("max_num_batched_tokens")
+    if seqs and batched and batched < seqs:
+        key = "vllm_max_num_batched_tokens" if v["vllm_max_num_batched_tokens"] is not None else "vllm_max_num_seqs"
+        bad(key, f"max_num_batched_tokens {batched} < max_num_seqs {seqs}: vLLM refuses to start",
+            Fix({"vllm_max_num_batched_tokens": max(seqs, 2048)}) if key == "vllm_max_num_batched_tokens"
+            else Fix({"vllm_max_num_seqs": batched}))
+    max_len = wish.get("max_model_len")
+    if max_len == -1 and not version.version.startswith("0.33"):
+        bad("vllm_max_model_len", f"-1 (auto) needs vLLM 0.33; vllm_version is {version.version}",
+            Fix({"vllm_max_model_len": 8192}))
+    elif max_len and max_len > m.text.max_position_embeddings:
+        bad("vllm_max_model_len", f"exceeds {m.id}'s max_position_embeddings {m.text.max_position_embeddings}",
+            Fix({"vllm_max_model_len": 32768}))
+    if v["vllm_kv_cache_dtype"] is not None and v["vllm_kv_cache_dtype"] not in version.kv_cache_dtypes:
+        bad("vllm_kv_cache_dtype", f"is not a KV cache dtype of vLLM {version.version} (choices: "
+            f"{', '.join(version.kv_cache_dtypes)})", Fix({"vllm_kv_cache_dtype": "auto"}))
+    if v["vllm_quantization"] and m.quantization != "awq":
+        bad("vllm_quantization", f"{m.hf} is not a quantized checkpoint ({m.torch_dtype}): vLLM fails to load it",
+            Fix(unset=("vllm_quantization",), text="remove vllm_quantization (or pick an AWQ profile, e.g. "
+                "vlm_profile = 'qwen7b_awq')"))
+    devices = v["gpu_devices"]
+    tp = v["vllm_tensor_parallel_size"]
+    if isinstance(devices, list) and tp and tp > len(devices):
+        bad("vllm_tensor_parallel_size", f"{tp} GPUs, but gpu_devices gives the container {len(devices)}",
+            Fix({"vllm_tensor_parallel_size": len(devices)}))
+
+    # -- the service
+    if v["api_port"] == ssh_port:
+        bad("api_port", f"is this host's SSH port (ssh_port {ssh_port}): vLLM would fail to bind, or lock you out",
+            Fix({"api_port": 8000 if ssh_port != 8000 else 8001}))
+    if check_files:
+        for key in ("api_key_file", "hf_token_file"):
+            if v[key]:
+                found = _secret_file(key, v[key])
+                if found:
+                    bad(key, *found)
+    if not v["api_key_file"] and not v["api_allow_unauthenticated"] and not ipaddress.ip_address(v["api_bind"]).is_loopback:
+        bad("api_key_file", f"api_bind {v['api_bind']} serves beyond this host without a key: anyone who "
+            f"reaches port {v['api_port']} could use the GPUs",
+            Fix({"api_bind": "127.0.0.1"}, text="set api_key_file = 'secrets/api-key' (a one-line key file on this "
+                "machine), or api_bind = '127.0.0.1' (this host only); api_allow_unauthenticated = True opens it "
+                "on purpose (dangerous)"))
+
+    # -- paths that must not overlap
+    for a, b in (("model_dir", "tools_dir"), ("model_dir", "docker_data_root"), ("tools_dir", "docker_data_root")):
+        pa, pb = v[a].rstrip("/") + "/", v[b].rstrip("/") + "/"
+        if pa.startswith(pb) or pb.startswith(pa):
+            blame, other = (b, a) if b in data and a not in data else (a, b)
+            fix = {blame: BY_KEY[blame].default}
+            if v[other] != BY_KEY[other].default:
+                fix[other] = BY_KEY[other].default
+            bad(blame, f"overlaps {other} ({v[other]}): each folder has one owner", Fix(fix))
+
+    # -- daemon.json: the runtime vlmfleet needs
+    opts = v["docker_daemon_options"]
+    if "data-root" in opts and str(opts["data-root"]).rstrip("/") != v["docker_data_root"].rstrip("/"):
+        bad("docker_data_root", f"differs from docker_daemon_options' data-root {opts['data-root']!r}: the disk "
+            "check would look in the wrong place", Fix({"docker_data_root": str(opts["data-root"])}))
+    if not v["nvidia_runtime"] and opts.get("default-runtime") == "nvidia":
+        bad("docker_daemon_options", "sets default-runtime nvidia while nvidia_runtime is off: dockerd would fail "
+            "to start", Fix({"docker_daemon_options": {k: x for k, x in opts.items() if k != "default-runtime"}}))
+
+
+def config_for(host: str, data: Mapping[str, Any], **kwargs) -> HostConfig:
+    """A configuration that must be valid (tests, tools): raises ValueError with every problem otherwise."""
+    cfg, problems = build(host, data, **kwargs)
+    if cfg is None:
+        raise ValueError("\n".join(p.render(host) for p in problems))
+    return cfg
+
+
+__all__ = ["BY_KEY", "SETTINGS", "STAGES", "HostConfig", "Problem", "Fix", "RemotePaths", "build", "config_for",
+           "defaults", "normalize", "remote_paths", "service_name", "CatalogError"]
