@@ -208,3 +208,76 @@ def test_cuda_graph_margin_warning_on_0_8_2():
     assert not any("captures CUDA graphs" in w.message
                    for w in plan(M7, parse_spec("1xA10"), V082, replace(CHAT, enforce_eager=True,
                                                                           gpu_memory_utilization=0.98)).warnings)
+
+
+# ---- values no vLLM accepts (defence in depth: the CLI refuses them first) -------------------------------
+@pytest.mark.parametrize("change, key, message, fixed", [
+    ({"tp": -2}, "tp", "tensor_parallel_size -2 is invalid: vLLM needs a whole number >= 1", {"tp": 1}),
+    ({"tp": 0}, "tp", "tensor_parallel_size 0 is invalid", {"tp": 1}),
+    ({"tp": 2.0}, "tp", "tensor_parallel_size 2.0 is invalid", {"tp": 1}),
+    ({"max_num_seqs": 0}, "max_num_seqs", "max_num_seqs 0 is invalid", {"max_num_seqs": 256}),
+    ({"max_num_batched_tokens": -1}, "max_num_batched_tokens", "max_num_batched_tokens -1 is invalid",
+     {"max_num_batched_tokens": 2048}),
+    ({"limit_images": -1}, "limit_images", "the image limit (limit_mm_per_prompt image) -1 is invalid",
+     {"limit_images": 999}),
+    ({"limit_videos": -3}, "limit_videos", "the video limit (limit_mm_per_prompt video) -3 is invalid",
+     {"limit_videos": 999}),
+    ({"gpu_memory_utilization": 0.0}, "gpu_memory_utilization", "gpu_memory_utilization 0.0 is outside (0, 1]",
+     {"gpu_memory_utilization": 0.92}),
+    ({"gpu_memory_utilization": float("nan")}, "gpu_memory_utilization", "gpu_memory_utilization nan is outside",
+     {"gpu_memory_utilization": 0.92}),
+    ({"max_num_batched_tokens": 8}, "max_num_batched_tokens", "max_num_batched_tokens 8 < max_num_seqs 16 is "
+     "refused by vLLM", {"max_num_batched_tokens": 16}),
+    ({"quantization": "gptq"}, "quantization", "--quantization gptq on Qwen/Qwen2.5-VL-7B-Instruct, a bfloat16 "
+     "checkpoint without gptq weights: vLLM fails to load it", {"quantization": None}),
+])
+def test_values_vllm_refuses_are_invalid_and_corrected(change, key, message, fixed):
+    p = plan(M7, parse_spec("1xA10"), V033, replace(CHAT, **change))
+    assert p.verdict == "invalid" and [e.key for e in p.errors] == [key]
+    assert p.errors[0].message.startswith(message)
+    assert p.memory.weights == plan(M7, parse_spec("1xA10"), V033, CHAT).memory.weights  # counted as unset
+    assert p.proposal.changes == fixed and p.proposal.plan.verdict == "fits"
+
+
+@pytest.mark.parametrize("max_model_len", [0, -5])
+def test_max_model_len_zero_or_below_auto_is_invalid(max_model_len):
+    p = plan(M7, parse_spec("1xA10"), V033, replace(CHAT, max_model_len=max_model_len))
+    assert [e.key for e in p.errors] == ["max_model_len"]
+    assert p.errors[0].message == (f"max_model_len {max_model_len} is invalid: vLLM needs a whole number >= 1, "
+                                   "or -1 (auto)")
+    assert p.max_model_len == 128000 and not any("max_model_len unset" in n for n in p.notes)
+    assert p.proposal.reason.startswith("lower max_model_len to") and p.proposal.plan.verdict == "fits"
+
+
+def test_max_pixels_zero_is_invalid_and_never_one_token_images():
+    p = plan(M7, parse_spec("2xA10"), V033, replace(CHAT, max_pixels=0))
+    assert [e.key for e in p.errors] == ["max_pixels"] and p.image_tokens == 16384  # the default, not 1
+    assert p.proposal.changes["max_pixels"] == 12845056 and p.proposal.plan.verdict == "fits"
+
+
+def test_negative_tp_never_fits_with_negative_weights():
+    p = plan(M7, parse_spec("8xA10"), V033, replace(CHAT, tp=-2))
+    assert p.verdict == "invalid" and [e.key for e in p.errors] == ["tp"]  # no second error about the stand-in
+    assert p.memory.weights > 0 and p.memory.kv_cache < p.memory.budget
+    assert p.proposal.changes == {"tp": 4}
+
+
+def test_unknown_quantization_on_an_awq_checkpoint_is_invalid():
+    p = plan(M72, parse_spec("4xA100-40"), V033, replace(CHAT, quantization="gptq"))
+    assert [e.key for e in p.errors] == ["quantization"] and "does not match the checkpoint's awq" in p.errors[0].message
+    assert p.proposal.changes == {"quantization": None}
+
+
+@pytest.mark.parametrize("version", [V082, V033])
+def test_batched_tokens_below_max_num_seqs_is_refused_by_both_versions(version):
+    p = plan(M7, parse_spec("1xA10"), version, replace(CHAT, max_num_seqs=512, max_num_batched_tokens=256))
+    assert [e.key for e in p.errors] == ["max_num_batched_tokens"]
+    assert p.errors[0].fix == "max_num_batched_tokens >= 512"
+    assert p.proposal.changes == {"max_num_batched_tokens": 512}
+
+
+def test_v0_batched_tokens_fix_covers_both_floors():
+    p = plan(M72, parse_spec("8xT4"), V082, replace(CHAT, max_model_len=4096, max_num_seqs=200,
+                                                     max_num_batched_tokens=100))
+    assert p.engine == "V0" and [e.key for e in p.errors] == ["max_num_batched_tokens", "max_num_batched_tokens"]
+    assert p.proposal.changes == {"max_num_batched_tokens": 4096} and p.proposal.plan.verdict == "fits"

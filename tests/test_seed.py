@@ -7,9 +7,10 @@ import pytest
 
 from vlmfleet.catalog import vllm_version
 from vlmfleet.report import seed_markdown
-from vlmfleet.seed import SEED_COMMANDS, parse_command, seed_rows
+from vlmfleet.gpus import parse_spec
+from vlmfleet.seed import SEED_COMMANDS, parse_command, plan_command, seed_rows
 
-V082 = vllm_version("0.8.2")
+V082, V033 = vllm_version("0.8.2"), vllm_version("0.33.0")
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
@@ -76,3 +77,37 @@ def test_readme_carries_the_generated_seed_table():
     m = re.search(r"<!-- seed-table:begin -->\n(.*?)<!-- seed-table:end -->", text, re.S)
     assert m, "README lacks the seed-table markers"
     assert m.group(1) == generated, "README's seed table is stale: regenerate with `vlmfleet plan --seed-table --vllm 0.8.2 --format md`"
+
+
+def test_parse_command_keeps_what_the_version_refuses_apart():
+    parsed = parse_command("vllm serve Qwen/Qwen2.5-VL-7B-Instruct --swap-space 4 --api-key x --trust-remote-code",
+                           V033)
+    assert [str(f) for f in parsed.refused] == ["--swap-space does not exist in vLLM 0.33.0 — fix: drop it"]
+    assert [f.key for f in parsed.findings] == ["flags", "secrets", "flags"]  # the refusal, then the warnings
+
+
+@pytest.mark.parametrize("tail, message", [
+    ("--tensor-parallel-size", "--tensor-parallel-size needs a value"),
+    ("--tensor-parallel-size two", "--tensor-parallel-size 'two': expects a whole number"),
+    ("--max-num-seqs 1.5", "--max-num-seqs '1.5': expects a whole number"),
+    ("--mm-processor-kwargs '{bad'", "--mm-processor-kwargs '{bad': not valid JSON"),
+    ("--limit-mm-per-prompt '[5]'", "--limit-mm-per-prompt '[5]': expects image=N,video=N"),
+])
+def test_parse_command_names_the_flag_it_cannot_read(tail, message):
+    with pytest.raises(ValueError) as exc:
+        parse_command(f"vllm serve Qwen/Qwen2.5-VL-7B-Instruct {tail}", V033)
+    assert str(exc.value).startswith(message)
+
+
+def test_plan_command_makes_refused_flags_invalid_but_the_seed_table_does_not():
+    parsed = parse_command(SEED_COMMANDS[1].command + " --foo-bar 1", V082)
+    p = plan_command(parsed, parse_spec("2xA10"), V082)
+    assert p.verdict == "invalid" and [e.key for e in p.errors] == ["flags"]
+    assert p.proposal.changes == {"drop": ["--foo-bar"]} and p.proposal.plan.verdict == "fits"
+    assert seed_rows(V033)[1].plan.verdict == "fits"  # its 0.8.2 k=v limits are refused by 0.33: still planned
+
+
+def test_parse_command_reads_inline_values_and_size_suffixes():
+    w = parse_command("vllm serve Qwen/Qwen2.5-VL-7B-Instruct --tensor-parallel-size=2 --max-model-len 32K "
+                      "--max-num-batched-tokens=8k", V033).wish
+    assert (w.tp, w.max_model_len, w.max_num_batched_tokens) == (2, 32768, 8000)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import sys
 
 from .lab import LabConfig, LabError
@@ -33,6 +35,38 @@ class UsageError(Exception):
     """Bad command-line input: printed as one line, exit 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse; with ``one_line_errors`` (``plan``), a usage error is one stderr line and exit 2, no usage dump."""
+
+    def __init__(self, *args, one_line_errors: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.one_line_errors = one_line_errors
+
+    def error(self, message: str):
+        if not self.one_line_errors:
+            super().error(message)
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def _read(option: str, path: str) -> str:
+    """The text of the file an option names, or a UsageError naming the option, the path and why."""
+    try:
+        with open(path) as fh:
+            return fh.read()
+    except FileNotFoundError:
+        raise UsageError(f"{option} {path}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{option} {path}: is a folder, not a file") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{option} {path}: not a text file") from None
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot read it ({exc.strerror or exc})") from None
+
+
 def _inventory(args: argparse.Namespace):
     import subprocess
 
@@ -40,13 +74,16 @@ def _inventory(args: argparse.Namespace):
 
     try:
         if args.nvidia_smi_csv:
-            topo = open(args.nvidia_smi_topo).read() if args.nvidia_smi_topo else None
-            return parse_nvidia_smi(open(args.nvidia_smi_csv).read(), topo, args.interconnect)
+            topo = _read("--nvidia-smi-topo", args.nvidia_smi_topo) if args.nvidia_smi_topo else None
+            return parse_nvidia_smi(_read("--nvidia-smi-csv", args.nvidia_smi_csv), topo, args.interconnect)
         if args.gpus == "local":
-            q = subprocess.run(NVIDIA_SMI_QUERY.split(), capture_output=True, text=True)
+            try:
+                q = subprocess.run(NVIDIA_SMI_QUERY.split(), capture_output=True, text=True)
+                t = subprocess.run(NVIDIA_SMI_TOPO.split(), capture_output=True, text=True)
+            except OSError as exc:
+                raise UsageError(f"--gpus local: cannot run nvidia-smi ({exc.strerror or exc})") from None
             if q.returncode != 0:
                 raise UsageError(f"--gpus local: `{NVIDIA_SMI_QUERY}` failed: {(q.stderr or q.stdout).strip()}")
-            t = subprocess.run(NVIDIA_SMI_TOPO.split(), capture_output=True, text=True)
             return parse_nvidia_smi(q.stdout, t.stdout if t.returncode == 0 else None, args.interconnect)
         if not args.gpus:
             raise UsageError("give --gpus COUNTxKIND (e.g. 4xT4), --gpus local, or --nvidia-smi-csv FILE")
@@ -55,64 +92,183 @@ def _inventory(args: argparse.Namespace):
         raise UsageError(str(exc)) from exc
 
 
+#: plan's whole-number options: Wish field -> (option, smallest value, what it must be, example value)
+WHOLE_OPTIONS = {
+    "tp": ("--tp", 1, "a whole number", "2"),
+    "max_num_seqs": ("--max-num-seqs", 1, "a whole number", "16"),
+    "max_num_batched_tokens": ("--max-num-batched-tokens", 1, "a whole number of tokens", "8192"),
+    "limit_images": ("--limit-images", 0, "a whole number", "5"),
+    "limit_videos": ("--limit-videos", 0, "a whole number", "0"),
+    "max_pixels": ("--max-pixels", 1, "a whole number of pixels", "1003520"),
+}
+
+
+def _shown(value: str) -> str:
+    """A value as an error message quotes it: numbers as typed, anything else in quotes."""
+    return value if re.fullmatch(r"[-+]?\d+(\.\d+)?", value) else repr(value)
+
+
+def _whole(value: str | None, option: str, low: int, what: str, example: str) -> int | None:
+    if value is None:
+        return None
+    if re.fullmatch(r"\s*[-+]?\d+\s*", value) and int(value) >= low:
+        return int(value)
+    raise UsageError(f"{option} {_shown(value)}: must be {what} >= {low} (e.g. {option} {example})")
+
+
+def _max_model_len(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if value.strip() == "auto":
+        return -1
+    if re.fullmatch(r"\s*\+?\d+\s*", value) and int(value) >= 1:
+        return int(value)
+    raise UsageError(f"--max-model-len {_shown(value)}: must be a whole number of tokens >= 1, or auto")
+
+
+def _utilization(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        u = float(value)
+    except ValueError:
+        u = math.nan
+    if math.isfinite(u) and 0 < u <= 1:
+        return u
+    raise UsageError(f"--gpu-memory-utilization {_shown(value)}: must be a fraction in (0, 1] "
+                     "(e.g. --gpu-memory-utilization 0.90)")
+
+
+def _wish(args: argparse.Namespace):
+    """The planner Wish of plan's options, every number range-checked (a UsageError names the option)."""
+    from .planner import Wish
+
+    numbers = {k: _whole(getattr(args, k), *spec) for k, spec in WHOLE_OPTIONS.items()}
+    return Wish(max_model_len=_max_model_len(args.max_model_len),
+                gpu_memory_utilization=_utilization(args.gpu_memory_utilization), kv_cache_dtype=args.kv_cache_dtype,
+                dtype=args.dtype, quantization=args.quantization, enforce_eager=args.enforce_eager, **numbers)
+
+
+def _with_config(m, path: str):
+    """``m`` with the numbers of the config.json at ``path``; a UsageError names --config, the path and why."""
+    from dataclasses import fields
+    from pathlib import Path
+
+    from .catalog import CatalogError, model_with_config
+
+    where = f"--config {path}"
+    p = Path(path)
+    if p.is_dir():
+        inside = p / "config.json"
+        raise UsageError(f"{where}: is a folder; pass " + (str(inside) if inside.is_file() else "the config.json file"))
+    if not p.exists():
+        raise UsageError(f"config.json not found at {path} (--config); pass the downloaded checkpoint's config.json")
+    try:
+        config = json.loads(_read("--config", path))
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"{where}: holds a JSON {type(config).__name__}, not the object a config.json is")
+    try:
+        out = model_with_config(m, config, path)
+    except CatalogError as exc:
+        raise UsageError(f"{where}: {str(exc).removeprefix(f'{path}: ')}") from None
+    except (ValueError, TypeError, AttributeError, KeyError, ArithmeticError) as exc:
+        raise UsageError(f"{where}: not a usable Qwen2.5-VL config.json ({type(exc).__name__}: {exc})") from None
+    bad = [f"{part}.{f.name} {getattr(arch, f.name)}" for part, arch in (("text", out.text), ("vision", out.vision))
+           for f in fields(arch) if type(getattr(arch, f.name)) is int and getattr(arch, f.name) < 1]
+    if bad:
+        raise UsageError(f"{where}: {', '.join(bad)}: every size must be >= 1")
+    return out
+
+
+def _plot_target(path: str) -> str:
+    """Check before planning that --plot can write ``path``: matplotlib installed, the folder there and writable."""
+    try:
+        import matplotlib  # noqa: F401 (the package itself: a cached submodule would hide its absence)
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        raise UsageError(f"--plot {path}: needs matplotlib: pip install 'vlmfleet[plot]'") from None
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UsageError(f"--plot {path}: is a folder; give a file name such as {os.path.join(path, 'plan.png')}")
+    if not os.path.isdir(folder):
+        raise UsageError(f"--plot {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"--plot {path}: folder {folder} is not writable")
+    ext = os.path.splitext(path)[1].lstrip(".").lower()
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if ext and ext not in formats:
+        raise UsageError(f"--plot {path}: matplotlib cannot write .{ext} (use one of: {', '.join(sorted(formats))})")
+    return path
+
+
 def _plan(args: argparse.Namespace) -> int:
     from . import report
-    from .catalog import CatalogError, load_config_json, model, model_with_config, vllm_version
-    from .planner import Wish, plan
-    from .seed import seed_rows
+    from .catalog import CatalogError, model, vllm_version
+    from .planner import plan
+    from .seed import parse_command, plan_command, seed_rows
 
+    wish = _wish(args)
     try:
         version = vllm_version(args.vllm)
-        if args.seed_table:
-            rows = seed_rows(version)
-            if args.format == "md":
-                sys.stdout.write(report.seed_markdown(rows))
-            elif args.format == "json":
-                sys.stdout.write(json.dumps([r.plan.to_dict() | {"seed": r.seed.id, "seed_findings": [str(f) for f in r.parsed.findings]} for r in rows], indent=2) + "\n")
-            elif args.format == "csv":
-                sys.stdout.write(report.csv_rows([r.plan for r in rows]))
-            else:
-                sys.stdout.write(report.seed_text(rows))
-            return 0
-        inv = _inventory(args)
-        if args.from_command:
-            from .seed import parse_command
-
-            parsed = parse_command(args.from_command, version)
-            m, wish = parsed.model, parsed.wish
-            for f in parsed.findings:
-                print(f"command: {f}", file=sys.stderr)
+    except CatalogError as exc:
+        raise UsageError(str(exc)) from None
+    if args.seed_table:
+        rows = seed_rows(version)
+        if args.format == "md":
+            sys.stdout.write(report.seed_markdown(rows))
+        elif args.format == "json":
+            sys.stdout.write(json.dumps([r.plan.to_dict() | {"seed": r.seed.id, "seed_findings": [str(f) for f in r.parsed.findings]} for r in rows], indent=2) + "\n")
+        elif args.format == "csv":
+            sys.stdout.write(report.csv_rows([r.plan for r in rows]))
         else:
+            sys.stdout.write(report.seed_text(rows))
+        return 0
+    plot = _plot_target(args.plot) if args.plot else None
+    inv = _inventory(args)
+    parsed = None
+    if args.from_command:
+        try:
+            parsed = parse_command(args.from_command, version)
+        except ValueError as exc:  # CatalogError (an unknown model) included
+            raise UsageError(f"--from-command: {exc}") from None
+        m = parsed.model
+    else:
+        try:
             m = model(args.model)
-            max_len = None
-            if args.max_model_len is not None:
-                max_len = -1 if args.max_model_len == "auto" else int(args.max_model_len)
-            wish = Wish(max_model_len=max_len, max_num_seqs=args.max_num_seqs,
-                        max_num_batched_tokens=args.max_num_batched_tokens, limit_images=args.limit_images,
-                        limit_videos=args.limit_videos, max_pixels=args.max_pixels,
-                        gpu_memory_utilization=args.gpu_memory_utilization, kv_cache_dtype=args.kv_cache_dtype,
-                        tp=args.tp, dtype=args.dtype, quantization=args.quantization, enforce_eager=args.enforce_eager)
-        if args.config:
-            m = model_with_config(m, load_config_json(args.config), args.config)
-        p = plan(m, inv, version, wish)
-    except (CatalogError, ValueError) as exc:
-        raise UsageError(str(exc)) from exc
+        except CatalogError as exc:
+            raise UsageError(str(exc)) from None
+    if args.config:
+        m = _with_config(m, args.config)
+    p = plan_command(parsed, inv, version, m) if parsed else plan(m, inv, version, wish)
+    for f in parsed.findings if parsed else ():
+        print(f"command: {f}", file=sys.stderr)
     out = {"table": report.text, "md": report.markdown, "json": report.as_json,
            "csv": lambda x: report.csv_rows([x])}[args.format](p)
     sys.stdout.write(out)
-    if args.plot:
-        report.plot(p, args.plot)
-        print(f"plot written to {args.plot}", file=sys.stderr)
+    if plot:
+        try:
+            report.plot(p, plot)
+        except OSError as exc:
+            raise UsageError(f"--plot {plot}: cannot write it ({exc.strerror or exc})") from None
+        except SystemExit as exc:  # report.plot's "needs matplotlib"
+            raise UsageError(f"--plot {plot}: {exc}") from None
+        print(f"plot written to {plot}", file=sys.stderr)
     return 0 if p.verdict == "fits" else 4
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vlmfleet", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="vlmfleet", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     plan_p = sub.add_parser(
         "plan", help="per-GPU memory plan, verdict and vllm serve flags for a model on a GPU inventory",
-        description="Exit status: 0 fits, 4 does not fit or invalid, 2 bad input.")
+        one_line_errors=True,
+        description="Per-GPU memory plan, verdict and vllm serve flags. Exit status: 0 fits; 2 bad input (one "
+                    "line on stderr naming the option, or the --from-command flag, and the value); 3 internal "
+                    "error (please report); 4 does not fit, or invalid (vLLM would refuse it, e.g. a "
+                    "--from-command flag that this vLLM version does not have).")
     plan_p.add_argument("--model", default="qwen2.5-vl-7b-instruct",
                         help="catalog id or hub repo id (default: qwen2.5-vl-7b-instruct)")
     plan_p.add_argument("--gpus", help="COUNTxKIND, e.g. 4xT4, 8xA100-40; or `local` to read this machine's nvidia-smi")
@@ -121,15 +277,16 @@ def build_parser() -> argparse.ArgumentParser:
     plan_p.add_argument("--interconnect", choices=["nvlink", "pcie", "pcie_no_p2p"], help="override the GPU link class")
     plan_p.add_argument("--vllm", default="0.33.0", help="vLLM version of the image (default: 0.33.0; the seed's is 0.8.2)")
     plan_p.add_argument("--config", metavar="CONFIG_JSON", help="the checkpoint's config.json (its numbers win over the catalog)")
-    plan_p.add_argument("--max-model-len", help="tokens, or auto (0.33)")
-    plan_p.add_argument("--max-num-seqs", type=int)
-    plan_p.add_argument("--max-num-batched-tokens", type=int)
-    plan_p.add_argument("--limit-images", type=int, help="images per prompt")
-    plan_p.add_argument("--limit-videos", type=int, help="videos per prompt")
-    plan_p.add_argument("--max-pixels", type=int, help="largest image kept by the processor (default 12845056)")
-    plan_p.add_argument("--gpu-memory-utilization", type=float)
+    # numbers are read as text and range-checked by _wish, so that an error names the option and the value
+    plan_p.add_argument("--max-model-len", metavar="N", help="tokens (>= 1), or auto (0.33)")
+    plan_p.add_argument("--max-num-seqs", metavar="N", help=">= 1")
+    plan_p.add_argument("--max-num-batched-tokens", metavar="N", help=">= 1 (and >= --max-num-seqs)")
+    plan_p.add_argument("--limit-images", metavar="N", help="images per prompt (>= 0)")
+    plan_p.add_argument("--limit-videos", metavar="N", help="videos per prompt (>= 0)")
+    plan_p.add_argument("--max-pixels", metavar="N", help="largest image kept by the processor (default 12845056)")
+    plan_p.add_argument("--gpu-memory-utilization", metavar="FRACTION", help="in (0, 1]")
     plan_p.add_argument("--kv-cache-dtype", default="auto")
-    plan_p.add_argument("--tp", type=int, help="tensor parallel size (default: every GPU)")
+    plan_p.add_argument("--tp", metavar="N", help="tensor parallel size, >= 1 (default: every GPU)")
     plan_p.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16"])
     plan_p.add_argument("--quantization", help="what to pass as --quantization (default: let vLLM detect it)")
     plan_p.add_argument("--enforce-eager", action="store_true")
@@ -154,18 +311,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command == "plan":
+            print(f"vlmfleet plan: error: unrecognized arguments: {' '.join(extra)} (see vlmfleet plan --help)",
+                  file=sys.stderr)
+            return 2
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except LabError as exc:
         print(f"vlmfleet {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except UsageError as exc:
-        print(f"vlmfleet {args.command}: error: {exc}", file=sys.stderr)
+        print(f"vlmfleet {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"vlmfleet {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # plan promises 0/2/3/4 and never a traceback; other subcommands keep theirs
+        if args.command != "plan":
+            raise
+        print(f"vlmfleet plan: internal error: {type(exc).__name__}: {_one_line(exc)} (please report)",
+              file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

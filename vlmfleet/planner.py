@@ -277,6 +277,43 @@ def lm_bytes(m: Model, tp: int, tokens: int, seqs: int, dtype_bytes: int) -> int
 
 
 # ---- the plan ----------------------------------------------------------------------------------------------
+#: Wish fields that are whole numbers, with the smallest value vLLM accepts and the name vLLM gives them.
+WHOLE_FIELDS = {
+    "tp": (1, "tensor_parallel_size"),
+    "max_model_len": (1, "max_model_len"),
+    "max_num_seqs": (1, "max_num_seqs"),
+    "max_num_batched_tokens": (1, "max_num_batched_tokens"),
+    "max_pixels": (1, "max_pixels"),
+    "limit_images": (0, "the image limit (limit_mm_per_prompt image)"),
+    "limit_videos": (0, "the video limit (limit_mm_per_prompt video)"),
+}
+
+
+def wish_problems(wish: Wish) -> list[Finding]:
+    """Values of the wish as asked that no vLLM accepts (tp -2, max_model_len 0, a negative image limit, a
+    utilisation of 0 or NaN ...): one validity error each. ``plan`` counts these fields as unset for its
+    arithmetic, so an invalid wish never shows negative weights or a "fits"."""
+    out = []
+    for key, (low, name) in WHOLE_FIELDS.items():
+        v = getattr(wish, key)
+        if v is None or (key == "max_model_len" and v == -1):
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            auto = ", or -1 (auto)" if key == "max_model_len" else ""
+            out.append(Finding(key, f"{name} {v!r} is invalid: vLLM needs a whole number >= {low}{auto}",
+                               f"{key} >= {low}" if low else f"{key}: 0 or more"))
+    u = wish.gpu_memory_utilization
+    if u is not None and (isinstance(u, bool) or not isinstance(u, (int, float)) or not math.isfinite(u) or u <= 0):
+        out.append(Finding("gpu_memory_utilization", f"gpu_memory_utilization {u!r} is outside (0, 1]", "0.90"))
+    return out
+
+
+def _countable(m: Model, wish: Wish, problems: list[Finding]) -> Wish:
+    """The wish with every field ``wish_problems`` refused set back to unset (max_model_len: the model's)."""
+    bad = {f.key for f in problems}
+    return replace(wish, **{k: m.text.max_position_embeddings if k == "max_model_len" else None for k in bad})
+
+
 def _large_gpu(inv: Inventory) -> str:
     gib = inv.memory_mib * MIB / GIB
     if gib >= 160:
@@ -332,8 +369,9 @@ def plan(m: Model, inv: Inventory, version: VllmVersion, wish: Wish = Wish(), pr
     """Evaluate ``wish`` for ``m`` on ``inv`` under ``version``; with propose, attach the smallest fix."""
     if wish.max_model_len == -1:
         return _plan_auto_len(m, inv, version, wish, propose)
-    resolved, engine, notes = resolve(m, inv, version, wish)
-    errors: list[Finding] = []
+    errors: list[Finding] = wish_problems(wish)
+    refused = {e.key for e in errors}  # counted as unset below; checks of their stand-in values are skipped
+    resolved, engine, notes = resolve(m, inv, version, _countable(m, wish, errors))
     warnings: list[Finding] = []
     tp = int(resolved.tp)
     kind = inv.kind
@@ -342,7 +380,7 @@ def plan(m: Model, inv: Inventory, version: VllmVersion, wish: Wish = Wish(), pr
     if tp > inv.count:
         errors.append(Finding("tp", f"tensor_parallel_size {tp} needs {tp} GPUs, the host has {inv.count}",
                               f"tp <= {inv.count}"))
-    problems = tp_problems(m, tp)
+    problems = [] if "tp" in refused else tp_problems(m, tp)
     if problems:
         ok = valid_tps(m, inv.count)
         errors.append(Finding("tp", f"tensor_parallel_size {tp} is invalid for {m.id}: " + "; ".join(problems),
@@ -351,7 +389,7 @@ def plan(m: Model, inv: Inventory, version: VllmVersion, wish: Wish = Wish(), pr
         warnings.append(Finding("config", f"{f} is the catalog's value, not confirmed by a downloaded config.json",
                                 "plan with --config PATH/config.json (the weights stage does this)"))
     alt = _unverified_intermediate_alternative(m)
-    if alt and not problems and tp_problems(alt, tp):
+    if alt and not problems and "tp" not in refused and tp_problems(alt, tp):
         warnings.append(Finding("awq-tp", f"tp {tp} relies on intermediate_size {m.text.intermediate} (the AWQ "
                                 f"repository's, per the catalog); a checkpoint with {alt.text.intermediate} only "
                                 f"aligns to group_size at tp {valid_tps(alt, inv.count)}",
@@ -388,7 +426,11 @@ def plan(m: Model, inv: Inventory, version: VllmVersion, wish: Wish = Wish(), pr
             errors.append(Finding("quantization", f"--quantization {q} on {m.hf}, which is not an AWQ checkpoint: "
                                   "vLLM fails to load its weights",
                                   "drop the flag" + (f", or serve {sib.id}" if sib else "")))
-        elif m.quantization == "awq" and q not in ("awq", "awq_marlin"):
+        elif m.quantization != "awq":
+            errors.append(Finding("quantization", f"--quantization {q} on {m.hf}, a {m.torch_dtype} checkpoint "
+                                  f"without {q} weights: vLLM fails to load it (or quantizes it in flight, which "
+                                  "vlmfleet does not plan)", "drop the flag"))
+        elif q not in ("awq", "awq_marlin"):
             errors.append(Finding("quantization", f"--quantization {q} does not match the checkpoint's awq",
                                   "quantization: unset (vLLM detects awq)"))
         elif q == "awq_marlin" and kind.awq_kernel != "awq_marlin":
@@ -420,11 +462,17 @@ def plan(m: Model, inv: Inventory, version: VllmVersion, wish: Wish = Wish(), pr
         errors.append(Finding("max_model_len", f"max_model_len {max_len} exceeds the model's "
                               f"max_position_embeddings {m.text.max_position_embeddings}",
                               f"max_model_len <= {m.text.max_position_embeddings}"))
-    if engine == "V0" and int(resolved.max_num_batched_tokens) < max_len:
+    if engine == "V0" and not refused & {"max_model_len", "max_num_batched_tokens"} \
+            and int(resolved.max_num_batched_tokens) < max_len:
         errors.append(Finding("max_num_batched_tokens",
                               f"vLLM {version.version} runs the V0 engine here (no chunked prefill for multimodal "
                               f"models): max_num_batched_tokens {resolved.max_num_batched_tokens} < max_model_len "
                               f"{max_len} is refused", f"max_num_batched_tokens >= {max_len}"))
+    if not refused & {"max_num_seqs", "max_num_batched_tokens"} \
+            and int(resolved.max_num_batched_tokens) < int(resolved.max_num_seqs):
+        errors.append(Finding("max_num_batched_tokens", f"max_num_batched_tokens {resolved.max_num_batched_tokens} < "
+                              f"max_num_seqs {resolved.max_num_seqs} is refused by vLLM",
+                              f"max_num_batched_tokens >= {resolved.max_num_seqs}"))
     if not 0.05 <= float(resolved.gpu_memory_utilization) <= 1.0:
         errors.append(Finding("gpu_memory_utilization", f"gpu_memory_utilization {resolved.gpu_memory_utilization} "
                               "is outside (0, 1]", "0.90"))
@@ -576,7 +624,14 @@ def corrected_wish(p: Plan) -> tuple[Wish, dict[str, Any]]:
     if "max_model_len" in keys:
         changes["max_model_len"] = min(p.max_model_len, p.model.text.max_position_embeddings)
     if "max_num_batched_tokens" in keys:
-        changes["max_num_batched_tokens"] = p.max_model_len
+        floor = p.max_model_len if p.engine == "V0" else int(p.resolved.max_num_batched_tokens)
+        changes["max_num_batched_tokens"] = max(floor, int(p.resolved.max_num_seqs))
+    for key in ("max_num_seqs", "max_pixels", "limit_images", "limit_videos"):
+        if key in keys:  # only wish_problems names these: back to what the plan counted (the version's default)
+            changes[key] = getattr(p.resolved, key)
+    if "max_num_seqs" in keys:
+        changes["max_num_seqs"] = min(changes["max_num_seqs"], changes.get("max_num_batched_tokens",
+                                                                            p.resolved.max_num_batched_tokens))
     if "gpu_memory_utilization" in keys:
         changes["gpu_memory_utilization"] = p.version.default_gpu_memory_utilization
     return replace(w, **changes), changes

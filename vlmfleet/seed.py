@@ -8,13 +8,14 @@ flags that do not exist in the version).
 from __future__ import annotations
 
 import json
+import re
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .catalog import Model, VllmVersion, model
 from .flags import serve_args
-from .gpus import parse_spec
-from .planner import Finding, Plan, Wish, plan
+from .gpus import Inventory, parse_spec
+from .planner import Finding, Plan, Proposal, Wish, plan
 from .vllm_flags import check, parse_limits
 
 
@@ -70,38 +71,102 @@ class ParsedCommand:
     model: Model
     wish: Wish
     env: dict[str, str]
-    findings: list[Finding] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)  # everything said about the line, warnings included
+    refused: list[Finding] = field(default_factory=list)  # what the version's parser rejects (also in findings)
+
+
+#: Flags parse_command reads that need a value.
+VALUE_FLAGS = ("--tensor-parallel-size", "--gpu-memory-utilization", "--dtype", "--max-model-len", "--max-num-seqs",
+               "--max-num-batched-tokens", "--kv-cache-dtype", "--quantization", "--limit-mm-per-prompt",
+               "--mm-processor-kwargs")
+SUFFIXES = {"k": 10**3, "m": 10**6, "g": 10**9, "K": 2**10, "M": 2**20, "G": 2**30}  # vLLM's 32k / 32K
+
+
+def _whole(flag: str, value: str, suffixes: bool = False) -> int:
+    """``value`` as an int, or a ValueError naming ``flag``; with suffixes, vLLM's 32k (32000) and 32K (32768)."""
+    v = value.strip()
+    if re.fullmatch(r"-?\d+", v):
+        return int(v)
+    if suffixes and re.fullmatch(r"\d+[kKmMgG]", v):
+        return int(v[:-1]) * SUFFIXES[v[-1]]
+    raise ValueError(f"{flag} {value!r}: expects a whole number" + (" or auto" if suffixes else ""))
+
+
+def _limits(value: str) -> dict[str, int]:
+    try:
+        limits = parse_limits(value)
+    except (ValueError, TypeError, AttributeError):  # not k=v pairs, a JSON list, a non-number count
+        limits = None
+    if limits is None:
+        raise ValueError(f"--limit-mm-per-prompt {value!r}: expects image=N,video=N or a JSON object like "
+                         '\'{"image":5,"video":0}\'')
+    return limits
+
+
+def _max_pixels(value: str) -> int | None:
+    try:
+        kw = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--mm-processor-kwargs {value!r}: not valid JSON ({exc.msg})") from exc
+    if not isinstance(kw, dict):
+        raise ValueError(f"--mm-processor-kwargs {value!r}: expects a JSON object like '{{\"max_pixels\":1003520}}'")
+    if "max_pixels" not in kw:
+        return None
+    mp = kw["max_pixels"]
+    if isinstance(mp, bool) or not isinstance(mp, int):
+        raise ValueError(f"--mm-processor-kwargs {value!r}: max_pixels must be a whole number")
+    return mp
 
 
 def parse_command(command: str, version: VllmVersion) -> ParsedCommand:
-    """``[VAR=x ...] vllm serve MODEL --flag value ...`` → model, Wish, env and what is wrong with the line."""
-    tokens = shlex.split(command)
+    """``[VAR=x ...] vllm serve MODEL --flag value ...`` → model, Wish, env and what is wrong with the line.
+
+    A line the planner cannot read (a flag it reads without a value or with a malformed one, an unknown model)
+    is a ValueError naming the flag; what the version's parser refuses (unknown or removed flags, values of
+    the wrong kind) is in ``refused``, for the caller to count as invalid."""
+    try:
+        tokens = shlex.split(command)
+    except ValueError as exc:  # unbalanced quotes
+        raise ValueError(f"cannot split {command!r} into arguments ({exc})") from exc
     env = {}
     while tokens and "=" in tokens[0] and not tokens[0].startswith("-"):
         k, _, v = tokens.pop(0).partition("=")
         env[k] = v
     if tokens[:2] != ["vllm", "serve"] or len(tokens) < 3:
         raise ValueError(f"not a `vllm serve MODEL ...` command: {command!r}")
-    findings = [Finding("flags", p) for p in check(tokens, version.version)]
+    if tokens[2].startswith("-"):
+        raise ValueError(f"the model must follow `vllm serve` (vllm serve MODEL --flag ...), not {tokens[2]!r}")
+    problems = check(tokens, version.version)
+    findings = [Finding("flags", p) for p in problems]
+    refused = [Finding("flags", p, "drop it" if _dropped(p) else f"write it as vLLM {version.version} expects")
+               for p in problems]
     m = model(tokens[2])
     w: dict = {}
     i = 3
     while i < len(tokens):
-        flag = tokens[i]
-        value = tokens[i + 1] if i + 1 < len(tokens) and not tokens[i + 1].startswith("--") else None
-        step = 2 if value is not None else 1
+        flag, eq, inline = tokens[i].partition("=") if tokens[i].startswith("--") else (tokens[i], "", "")
+        if eq:
+            value, step = inline, 1
+        else:
+            value = tokens[i + 1] if i + 1 < len(tokens) and not tokens[i + 1].startswith("--") else None
+            step = 2 if value is not None else 1
+        if flag in VALUE_FLAGS and not value:
+            raise ValueError(f"{flag} needs a value")
         if flag == "--tensor-parallel-size":
-            w["tp"] = int(value)
+            w["tp"] = _whole(flag, value)
         elif flag == "--gpu-memory-utilization":
-            w["gpu_memory_utilization"] = float(value)
+            try:
+                w["gpu_memory_utilization"] = float(value)
+            except ValueError:
+                raise ValueError(f"{flag} {value!r}: expects a number (e.g. 0.90)") from None
         elif flag == "--dtype":
             w["dtype"] = "float16" if value == "half" else value
         elif flag == "--max-model-len":
-            w["max_model_len"] = -1 if value == "auto" else int(value)
+            w["max_model_len"] = -1 if value == "auto" else _whole(flag, value, suffixes=True)
         elif flag == "--max-num-seqs":
-            w["max_num_seqs"] = int(value)
+            w["max_num_seqs"] = _whole(flag, value)
         elif flag == "--max-num-batched-tokens":
-            w["max_num_batched_tokens"] = int(value)
+            w["max_num_batched_tokens"] = _whole(flag, value, suffixes=True)
         elif flag == "--kv-cache-dtype":
             w["kv_cache_dtype"] = value
         elif flag == "--quantization":
@@ -109,13 +174,13 @@ def parse_command(command: str, version: VllmVersion) -> ParsedCommand:
         elif flag == "--enforce-eager":
             w["enforce_eager"] = True
         elif flag == "--limit-mm-per-prompt":
-            limits = parse_limits(value)
+            limits = _limits(value)
             w["limit_images"] = int(limits.get("image", 0))
             w["limit_videos"] = int(limits.get("video", 0))
         elif flag == "--mm-processor-kwargs":
-            kw = json.loads(value)
-            if "max_pixels" in kw:
-                w["max_pixels"] = int(kw["max_pixels"])
+            mp = _max_pixels(value)
+            if mp is not None:
+                w["max_pixels"] = mp
         elif flag == "--api-key":
             findings.append(Finding("secrets", "--api-key puts the API key in argv (visible in ps, the unit file and "
                                     "logs)", "pass it as VLLM_API_KEY from a root-only env file"))
@@ -123,7 +188,40 @@ def parse_command(command: str, version: VllmVersion) -> ParsedCommand:
             findings.append(Finding("flags", "--trust-remote-code is not needed: vLLM implements Qwen2.5-VL itself",
                                     "drop it"))
         i += step
-    return ParsedCommand(m, Wish(**w), env, findings)
+    return ParsedCommand(m, Wish(**w), env, findings, refused)
+
+
+def plan_command(parsed: ParsedCommand, inv: Inventory, version: VllmVersion, m: Model | None = None) -> Plan:
+    """Plan a pasted command line (on ``m``, e.g. the model with its config.json, default the line's): what the
+    version's parser refuses makes the plan invalid, and the proposal says to render the flags afresh."""
+    p = plan(m or parsed.model, inv, version, parsed.wish)
+    if not parsed.refused:
+        return p
+    names = list(dict.fromkeys(_flag_of(f.message) for f in parsed.refused))
+    rendered = {a for a in serve_args(p, "/models/x", "x") if a.startswith("--")}
+    drop = [n for n in names if n not in rendered]
+    rewrite = [n for n in names if n in rendered]
+    changes = ({"drop": drop} if drop else {}) | ({"rewrite": rewrite} if rewrite else {})
+    reason = "; ".join(([f"drop {' '.join(drop)}"] if drop else [])
+                       + ([f"write {' '.join(rewrite)} as vLLM {version.version} expects"] if rewrite else []))
+    proposal = p.proposal
+    if p.verdict == "fits":
+        proposal = Proposal(changes, reason, p)
+    elif proposal is not None:
+        proposal = replace(proposal, changes={**proposal.changes, **changes}, reason=f"{proposal.reason}; {reason}")
+    return replace(p, errors=[*parsed.refused, *p.errors], proposal=proposal)
+
+
+def _dropped(problem: str) -> bool:
+    """Whether a ``vllm_flags.check`` problem is a flag (or argument) the version does not have at all."""
+    return " does not exist in vLLM " in problem or problem.startswith("unexpected argument ")
+
+
+def _flag_of(problem: str) -> str:
+    """The flag (or stray argument) a ``vllm_flags.check`` problem is about."""
+    if problem.startswith("unexpected argument "):
+        return problem.removeprefix("unexpected argument ").strip("'\"")
+    return problem.split()[0]
 
 
 @dataclass
