@@ -31,7 +31,7 @@ host-deps:
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-	$(VENV)/bin/pip install -q -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
+	$(VENV)/bin/pip install -q -e '.[lab,test]' 2>&1 | grep -v '^WARNING: Location' || true
 	$(VENV)/bin/vlmfleet --help >/dev/null
 	touch $@
 

@@ -1,4 +1,4 @@
-"""The seed document's commands through the planner: verdicts, reasons, corrected flags, and the README table."""
+"""The seed document's commands through the planner: verdicts, reasons, corrected flags, and the table in docs/seed-audit.md."""
 
 import re
 from pathlib import Path
@@ -11,7 +11,7 @@ from vlmfleet.gpus import parse_spec
 from vlmfleet.seed import SEED_COMMANDS, parse_command, plan_command, seed_rows
 
 V082, V033 = vllm_version("0.8.2"), vllm_version("0.33.0")
-README = Path(__file__).resolve().parent.parent / "README.md"
+SEED_AUDIT = Path(__file__).resolve().parent.parent / "docs/seed-audit.md"
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +71,12 @@ def test_parse_command_reports_flags_that_do_not_exist():
                                                  "--chunked-prefix-reserve-ratio does not exist in vLLM 0.8.2"]
 
 
-def test_readme_carries_the_generated_seed_table():
+def test_the_seed_audit_carries_the_generated_seed_table():
     generated = seed_markdown(seed_rows(V082))
-    text = README.read_text()
+    text = SEED_AUDIT.read_text()
     m = re.search(r"<!-- seed-table:begin -->\n(.*?)<!-- seed-table:end -->", text, re.S)
-    assert m, "README lacks the seed-table markers"
-    assert m.group(1) == generated, "README's seed table is stale: regenerate with `vlmfleet plan --seed-table --vllm 0.8.2 --format md`"
+    assert m, "docs/seed-audit.md lacks the seed-table markers"
+    assert m.group(1) == generated, "docs/seed-audit.md's seed table is stale: regenerate with `vlmfleet plan --seed-table --vllm 0.8.2 --format md`"
 
 
 def test_parse_command_keeps_what_the_version_refuses_apart():

@@ -13,7 +13,11 @@ from .lab import LabConfig, LabError
 
 
 def _lab(args: argparse.Namespace) -> int:
-    from .lab import lab
+    try:
+        from .lab import lab
+    except ImportError as exc:
+        raise LabError(f"the lab needs its optional dependencies ({exc}); install them with "
+                       "`pip install -e '.[lab]'`") from exc
 
     cfg = LabConfig.from_env()
     if args.action == "up":

@@ -78,5 +78,5 @@ def serve_env(plan: Plan) -> dict[str, str]:
 
 
 def command_line(args: list[str]) -> str:
-    """One shell-quoted line, for humans (README, plan output)."""
+    """One shell-quoted line, for humans (docs, plan output)."""
     return shlex.join(args)

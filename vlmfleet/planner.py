@@ -3,7 +3,7 @@
 Pure Python, no pyinfra. Exact where vLLM's arithmetic is exact (weights from the architecture, KV bytes per
 token, KV capacity in 16-token blocks, tensor-parallel and AWQ divisibility); an estimate where vLLM measures
 (the activation peak of its profiling pass, CUDA context, NCCL and CUDA-graph memory) — those constants live in
-catalog/vllm.yaml and the README says how they are counted.
+catalog/vllm.yaml and docs/planner.md says how they are counted.
 """
 
 from __future__ import annotations

@@ -125,24 +125,59 @@ def test_flag_change_in_one_group_restarts_only_that_group(deployed, tmp_path):
     run_pyinfra("-y", "inventories/lab.py", "deploys/vlm.py")  # back to the group's committed value
 
 
+def host_state(lab: dict, host: str) -> str:
+    """Checksums of every file vlmfleet writes outside the weights, the units' states and the container's start."""
+    return ssh(lab, host, "sudo sh -c 'sha256sum /etc/systemd/system/vllm-*.service /etc/docker/daemon.json "
+                          "/etc/vlmfleet/secrets/* /var/lib/vlmfleet/*.json 2>&1; "
+                          "systemctl is-active docker.service vllm-*.service 2>&1; "
+                          "docker ps -q --no-trunc | xargs -r docker inspect --format "
+                          "\"{{.Name}} {{.Id}} {{.State.StartedAt}}\"'", check=False)
+
+
 @pytest.mark.parametrize("data, message", [
-    ("vllm_tensor_parallel_size=3", "tensor_parallel_size 3 is invalid for qwen2.5-vl-72b-instruct-awq"),
-    ("vllm_max_modle_len=5", "data key 'vllm_max_modle_len' is not a vlmfleet setting — fix: did you mean "
-                             "'vllm_max_model_len'?"),
-    ("api_port=http", "data key 'api_port' must be int, got str 'http' — fix: set it like the default: api_port = 8000"),
+    (["vllm_tensor_parallel_size=3"], "is invalid (data key 'vllm_tensor_parallel_size'): tensor_parallel_size 3 "
+                                      "is invalid for qwen2.5-vl-72b-instruct-awq"),
+    (["vllm_tensor_parallel_size=-2"], "data key 'vllm_tensor_parallel_size' = -2 (--data): must be between 1 and 64 "
+                                       "— fix: vllm_tensor_parallel_size = 1"),
+    (["vllm_max_modle_len=5"], "data key 'vllm_max_modle_len' = 5 (--data): is not a vlmfleet setting (did you mean "
+                               "vllm_max_model_len?) — fix: rename it to vllm_max_model_len"),
+    (["api_port=http"], "data key 'api_port' = 'http' (--data): must be int, not str — fix: api_port = 8000"),
+    (["api_port=22"], "data key 'api_port' = 22 (--data): is this host's SSH port (ssh_port 22)"),
+    (["vlm_stages="], "data key 'vlm_stages' = [] (--data): must name at least one stage"),
+    (["image_registry_mirror=https://docker.m.daocloud.io"], "must be a registry host name (no scheme): the unit "
+                                                             "runs <mirror>/<image> — fix: image_registry_mirror = "
+                                                             "'docker.m.daocloud.io'"),
+    (['docker_daemon_options={"runtimes": "nvidia"}'], "'runtimes' must map names to objects"),
+    (["api_key_file=", "api_bind=0.0.0.0"], "serves beyond this host without a key"),
 ])
 def test_bad_input_fails_the_host_before_any_change(deployed, data, message):
     lab, _ = deployed
     h3 = next(h for h in lab["hosts"] if h["group"] == "qwen72b_awq")
-    before = started_at(lab)
-    proc = run_pyinfra("-y", "--limit", h3["name"], "--data", data, "inventories/lab.py", "deploys/vlm.py",
-                       check=False)
+    before, state = started_at(lab), host_state(lab, h3["name"])
+    extra = [a for d in data for a in ("--data", d)]
+    proc = run_pyinfra("-y", "--limit", h3["name"], *extra, "inventories/lab.py", "deploys/vlm.py", check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert f"{h3['name']}: " in out and message in out, out[-3000:]
     assert "Traceback" not in out
     rows = parse_results(out) if "--> Results:" in out else []
     assert all(r.changed == 0 for r in rows), [r for r in rows if r.changed]
+    assert started_at(lab) == before
+    assert host_state(lab, h3["name"]) == state  # files, units and the container exactly as they were
+
+
+def test_a_new_deadline_rewrites_the_plan_record_and_restarts_nothing(deployed):
+    """What the planner decides (and the deadline) lives beside the unit: changing it restarts no server."""
+    lab, _ = deployed
+    before = started_at(lab)
+    proc = run_pyinfra("-y", "--data", "health_deadline_s=1234", "inventories/lab.py", "deploys/vlm.py")
+    rows = {r.operation: r for r in parse_results(proc.stdout + proc.stderr)}
+    changed = sorted(op for op, r in rows.items() if r.changed)
+    assert all(op.startswith("Service | Record the plan in /var/lib/vlmfleet/") for op in changed), changed
+    assert changed and started_at(lab) == before
+    h = lab["hosts"][0]
+    assert '"health_deadline_s": 1234' in ssh(lab, h["name"], "sudo cat /var/lib/vlmfleet/vllm-qwen7b.plan.json")
+    run_pyinfra("-y", "inventories/lab.py", "deploys/vlm.py")  # back to the committed data
     assert started_at(lab) == before
 
 

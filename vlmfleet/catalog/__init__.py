@@ -79,10 +79,6 @@ class Model:
     source: str = "catalog"  # "catalog" or the path of the config.json that filled it
 
     @property
-    def served_name(self) -> str:
-        return self.id
-
-    @property
     def repo_dir(self) -> str:
         """The checkpoint's folder name on hosts and in containers: ``Qwen2.5-VL-7B-Instruct``."""
         return self.hf.split("/")[-1]

@@ -1,7 +1,7 @@
 """Where the lab keeps its files and how its network is laid out.
 
 Every setting has one default here and one environment variable to change it;
-the README's "Lab settings" table echoes this file.
+docs/lab.md's "Lab settings" table echoes this file.
 """
 
 from __future__ import annotations

@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 MANIFEST = ".vlmfleet-verified.json"
-SKIP_DIRS = {".cache", ".git"}
 
 
 def sha256(path: Path) -> str:
