@@ -71,3 +71,39 @@ def test_preflight_on_the_h100_is_reproduced_from_its_facts(profile):
     v = check(config_for("@local", {"vlm_profile": profile, "api_bind": "127.0.0.1"}, ssh_port=None), facts)
     assert v.ok
     assert f"[@local] noop: preflight passed: {v.summary}" in live
+
+
+H200 = Path(__file__).parent / "fixtures" / "gpu" / "h200-device"
+
+
+def test_the_gpu_fact_on_a_real_h200_and_the_preflight_it_fed():
+    """`pyinfra @local fact vlmfleet.facts.GpuQuery ...` and `deploys/preflight.py` ran on a lent H200 (driver
+    580.159.04) with this version of the facts (rc line + output) and of the configuration; the same facts here
+    give the same verdict lines."""
+    from vlmfleet.config import config_for
+    from vlmfleet.preflight import HostFacts, check
+
+    text = (H200 / "pyinfra-local-facts.txt").read_text()
+    gpu = _fact(text, "vlmfleet.facts.GpuQuery")
+    assert gpu == {"csv": "0, NVIDIA H200, 143771, 9.0, 580.159.04, 00000000:00:06.0"}
+    assert not _fact(text, "vlmfleet.facts.VlmfleetUnits")  # no vlmfleet unit on that machine
+    facts = HostFacts(os_id="ubuntu", os_version="24.04", gpu_csv=gpu["csv"],
+                      gpu_topo=_fact(text, "vlmfleet.facts.GpuTopology"))
+    for profile in ("qwen7b", "qwen72b_awq"):
+        v = check(config_for("@local", {"vlm_profile": profile, "api_bind": "127.0.0.1"}, ssh_port=None), facts)
+        live = (H200 / f"pyinfra-local-preflight-{profile}.txt").read_text()
+        assert v.ok and f"[@local] noop: preflight passed: {v.summary}" in live
+
+
+def test_bad_data_on_the_h200_failed_before_any_change():
+    """The same runs with bad data: one line per problem, no traceback, nothing executed."""
+    for name, line in (
+        ("open-api", "@local: data key 'api_key_file' is unset: api_bind 0.0.0.0 serves beyond this host without a key"),
+        ("bad-gpus", "@local: data key 'gpu_devices' = [0, 1]: names GPUs [1] the host does not have (it has [0]) — "
+                     "fix: gpu_devices = [0] (or 'all')"),
+        ("bad-data", "@local: data key 'vllm_tensor_parallel_size' = -2 (--data): must be between 1 and 64 — fix: "
+                     "vllm_tensor_parallel_size = 1"),
+        ("bad-data", "@local: data key 'vlm_stages' = [] (--data): must name at least one stage"),
+    ):
+        out = (H200 / f"pyinfra-local-preflight-{name}.txt").read_text()
+        assert line in out and "Traceback" not in out and "Error: executed 0 commands" in out

@@ -106,6 +106,8 @@ class VlmfleetUnits(FactBase):
     """Names of the unit files vlmfleet wrote on this host (first line ``# Managed by vlmfleet``), e.g.
     ``["vllm-qwen7b.service"]``: how the service stage finds a profile the host has left."""
 
+    default = list  # pyinfra gives a fact with no output its default
+
     def command(self, unit_dir: str = UNIT_DIR, marker: str = UNIT_MARKER) -> str:
         return (f"for f in {shlex.quote(unit_dir)}/vllm-*.service; do [ -f \"$f\" ] && "
                 f"head -n 1 \"$f\" | grep -qF {shlex.quote(marker)} && basename \"$f\"; done; true")
