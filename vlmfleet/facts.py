@@ -120,7 +120,7 @@ class CommandJson(FactBase):
     """Run a command that prints one JSON object; None when it prints nothing parseable."""
 
     def command(self, command: str) -> str:
-        return f"{command} 2>/dev/null || true"
+        return f"( {command} ) 2>/dev/null || true"
 
     def process(self, output):
         try:

@@ -18,7 +18,7 @@ from pyinfra.api import FileUploadCommand, operation
 from pyinfra.facts.files import Sha256File
 
 from .. import config
-from ..config import HostConfig, Problem
+from ..config import STATE_DIR, HostConfig, Problem
 
 DAEMON_JSON = "/etc/docker/daemon.json"
 
@@ -88,9 +88,10 @@ def secret_file(src: str, dest: str, mode: str = "600", line_format: str = "{sec
         return
     if have is not None:
         logger.info(f"    [{host.name}] {dest}: secret changed (contents not shown)")
-    # The SSH user uploads into a 0700 folder of its own; root copies it into dest, whose folder is 0700 too
+    # The SSH user uploads into a 0700 folder of its own; root moves it into dest, whose folder is 0700 too
     # (callers create it), so no other user can read the secret at any moment.
-    updir = "/var/tmp/vlmfleet-upload"
-    yield f'install -d -m 0700 -o "${{SUDO_USER:-$(id -un)}}" {updir}'
+    # Not under /var/tmp: it is world-writable, and `install -d` follows a symlink someone planted there.
+    updir = f"{STATE_DIR}/upload"
+    yield f'install -d -m 0755 {STATE_DIR} && install -d -m 0700 -o "${{SUDO_USER:-$(id -un)}}" {updir}'
     yield FileUploadCommand(BytesIO(body), dest, remote_temp_filename=f"{updir}/{want[:16]}")
-    yield f"chown root:root {dest} && chmod {mode} {dest}"
+    yield f"chown root:root {shlex.quote(dest)} && chmod {shlex.quote(mode)} {shlex.quote(dest)}"
