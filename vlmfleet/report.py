@@ -18,7 +18,10 @@ def _gib(n: int) -> str:
 
 
 def model_path(p: Plan) -> str:
-    return f"/models/{p.model.repo_dir}"
+    """Where the unit mounts the weights in the container (the same path the service stage uses)."""
+    from .config import CONTAINER_MODELS
+
+    return f"{CONTAINER_MODELS}/{p.model.repo_dir}"
 
 
 def rendered(p: Plan) -> tuple[list[str], dict[str, str]]:

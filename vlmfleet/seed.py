@@ -237,7 +237,9 @@ class SeedRow:
 
     def corrected_args(self) -> list[str]:
         p = self.final
-        return serve_args(p, f"/models/{p.model.repo_dir}", p.model.id)
+        from .report import model_path
+
+        return serve_args(p, model_path(p), p.model.id)
 
 
 def evaluate(sc: SeedCommand, version: VllmVersion) -> SeedRow:
