@@ -514,21 +514,29 @@ class HostConfig:
                 "git-lfs": self.git_lfs_url}[self.weights_source]
 
 
+SECRETS_DIR = f"{CONFIG_DIR}/secrets"
+HEALTH_DIR = f"{STATE_DIR}/health"
+
+
+def service_files(service: str) -> dict[str, str]:
+    """The files that belong to one served profile, e.g. ``vllm-qwen7b``: its unit, env and auth files, plan
+    record and health result (what a profile switch removes)."""
+    return {"unit_path": f"{UNIT_DIR}/{service}.service", "env_file": f"{SECRETS_DIR}/{service}.env",
+            "auth_file": f"{SECRETS_DIR}/{service}.auth", "plan_file": f"{STATE_DIR}/{service}.plan.json",
+            "health_result": f"{HEALTH_DIR}/{service}.json"}
+
+
 def remote_paths(tools_dir: str, model_dir: str, service: str, repo_dir: str) -> RemotePaths:
     tools = tools_dir.rstrip("/")
-    secrets = f"{CONFIG_DIR}/secrets"
     weights = f"{model_dir.rstrip('/')}/{repo_dir}"
     return RemotePaths(
         tools_dir=tools, venv=f"{tools}/venv", python=f"{tools}/venv/bin/python",
         fetch_bin=f"{tools}/bin/vlmfleet-fetch", health_bin=f"{tools}/bin/vlmfleet-health",
         health_image=f"{tools}/share/health-check.png",
-        config_dir=CONFIG_DIR, secrets_dir=secrets, token_file=f"{secrets}/hub-token",
-        env_file=f"{secrets}/{service}.env", auth_file=f"{secrets}/{service}.auth",
-        state_dir=STATE_DIR, plan_file=f"{STATE_DIR}/{service}.plan.json", health_dir=f"{STATE_DIR}/health",
-        health_result=f"{STATE_DIR}/health/{service}.json",
-        unit_name=f"{service}.service", unit_path=f"{UNIT_DIR}/{service}.service",
+        config_dir=CONFIG_DIR, secrets_dir=SECRETS_DIR, token_file=f"{SECRETS_DIR}/hub-token",
+        state_dir=STATE_DIR, health_dir=HEALTH_DIR, unit_name=f"{service}.service",
         weights=weights, manifest=f"{weights}/{MANIFEST}", config_json=f"{weights}/config.json",
-        container_weights=f"{CONTAINER_MODELS}/{repo_dir}",
+        container_weights=f"{CONTAINER_MODELS}/{repo_dir}", **service_files(service),
     )
 
 

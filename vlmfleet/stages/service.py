@@ -16,7 +16,7 @@ from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from ..config import HostConfig, remote_paths
+from ..config import HostConfig, service_files
 from ..facts import VlmfleetUnits
 from ..planner import Plan
 from ..service import plan_record, render_unit
@@ -25,8 +25,8 @@ from .common import secret_file
 
 def retire_other_units(cfg: HostConfig) -> list:
     """Stop, disable and remove every vlmfleet unit on the host other than this profile's (a profile switch):
-    its container goes with it (``docker run --rm``; removed by force if it lingers), and its env, auth and plan
-    files. The old weights stay in model_dir. Returns the operations that removed something."""
+    its container goes with it (``docker run --rm``; removed by force if it lingers), and its env, auth, plan
+    and health files. The old weights stay in model_dir. Returns the operations that removed something."""
     ours = cfg.paths.unit_name
     others = [u for u in host.get_fact(VlmfleetUnits) or [] if u != ours]
     if not others:
@@ -34,12 +34,11 @@ def retire_other_units(cfg: HostConfig) -> list:
     ops = []
     for unit in others:
         name = unit.removesuffix(".service")
-        old = remote_paths(cfg.tools_dir, cfg.model_dir, name, "-")
         ops.append(systemd.service(name=f"Stop and disable {unit} (this host now serves {cfg.vlm_profile})",
                                    service=unit, running=False, enabled=False))
         ops.append(server.shell(name=f"Remove the {name} container if it lingers",
                                 commands=[f"docker rm --force {name} >/dev/null 2>&1 || true"]))
-        for path in (old.unit_path, old.env_file, old.auth_file, old.plan_file):
+        for path in service_files(name).values():
             ops.append(files.file(name=f"Remove {path}", path=path, present=False))
     return ops
 
