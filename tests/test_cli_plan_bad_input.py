@@ -57,7 +57,10 @@ BAD = [
     (["--gpus", "1xA10", "--max-num-seqs", "-16"], "--max-num-seqs -16: must be a whole number >= 1"),
     (["--gpus", "1xA10", "--max-num-batched-tokens", "0"], "--max-num-batched-tokens 0: must be a whole number of tokens >= 1"),
     (["--gpus", "1xA10", "--max-num-batched-tokens", "lots"], "--max-num-batched-tokens 'lots': must be"),
-    (["--gpus", "1xA10", "--max-pixels", "0"], "--max-pixels 0: must be a whole number of pixels >= 1"),
+    (["--gpus", "1xA10", "--max-pixels", "0"], "--max-pixels 0: must be a whole number of pixels >= 3136"),
+    (["--gpus", "1xA10", "--max-pixels", "1"], "--max-pixels 1: must be a whole number of pixels >= 3136"),
+    (["--gpus", "1xA10", "--limit-images", "99999999999"], "--limit-images 99999999999: must be a whole number <= 999"),
+    (["--gpus", "1xA10", "--tp", "65"], "--tp 65: must be a whole number <= 64"),
     (["--gpus", "1xA10", "--max-pixels", "-1003520"], "--max-pixels -1003520: must be"),
     (["--gpus", "1xA10", "--limit-images", "-1"], "--limit-images -1: must be a whole number >= 0"),
     (["--gpus", "1xA10", "--limit-videos", "-2"], "--limit-videos -2: must be a whole number >= 0"),
@@ -152,7 +155,7 @@ def test_out_of_range_values_in_a_command_are_invalid_exit_4(capsys):
                      f"{CMD} --max-model-len 8192 --tensor-parallel-size -2")
     data = json.loads(out)
     assert rc == 4 and data["verdict"] == "invalid"
-    assert data["errors"] == ["tensor_parallel_size -2 is invalid: vLLM needs a whole number >= 1 — fix: tp >= 1"]
+    assert data["errors"] == ["tensor_parallel_size -2 is invalid: it must be a whole number from 1 to 64 — fix: tp >= 1"]
     assert data["memory_per_gpu_bytes"]["weights"] > 0 and data["proposal"]["changes"] == {"tp": 1}
 
 

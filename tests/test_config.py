@@ -26,7 +26,7 @@ def problems(data, **kwargs):
     return found
 
 
-CLI_VALUES = ("abc", "high", "yes", "0,0", "http", "https://m.example", "", "base,base", "preflight,health", "0,1",
+CLI_VALUES = ("0", "abc", "high", "yes", "0,0", "http", "https://m.example", "", "base,base", "preflight,health", "0,1",
               "8001")
 
 
@@ -54,8 +54,8 @@ BAD = [
     ({"vllm_tensor_parallel_size": "2"}, "vllm_tensor_parallel_size", "must be int, not str"),
     ({"vllm_tensor_parallel_size": 2.5}, "vllm_tensor_parallel_size", "must be int, not float"),
     ({"vllm_tensor_parallel_size": True}, "vllm_tensor_parallel_size", "must be int, not bool"),
-    ({"vllm_max_model_len": 0}, "vllm_max_model_len", ">= 1"),
-    ({"vllm_max_model_len": -5}, "vllm_max_model_len", ">= 1"),
+    ({"vllm_max_model_len": 0}, "vllm_max_model_len", "between 1 and 10000000"),
+    ({"vllm_max_model_len": -5}, "vllm_max_model_len", "between 1 and 10000000"),
     ({"vllm_max_model_len": cli("abc")}, "vllm_max_model_len", "must be int, not str"),
     ({"vllm_max_model_len": 200000}, "vllm_max_model_len", "exceeds qwen2.5-vl-7b-instruct's max_position_embeddings"),
     ({"vllm_max_model_len": -1, "vllm_version": "0.8.2", "vllm_image": "vllm/vllm-openai:v0.8.2"},
@@ -176,6 +176,41 @@ BAD = [
     ({"vlm_stages": ["deploy"]}, "vlm_stages", "names unknown stages ['deploy']"),
     ({"vlm_stages": cli("base,base")}, "vlm_stages", "names a stage twice"),
     ({"vlm_stages": "preflight,helth"}, "vlm_stages", "names unknown stages ['helth']"),
+    # found by a tester trying bad input as a new user would
+    ({"docker_daemon_options": {"debug": "yes"}}, "docker_daemon_options", "'debug' must be a bool"),
+    ({"docker_daemon_options": {"bip": "not-a-cidr"}}, "docker_daemon_options", "not an address/prefix"),
+    ({"docker_daemon_options": {"log-driver": "nonexistent-driver"}}, "docker_daemon_options",
+     "'log-driver' is 'nonexistent-driver', not one of json-file"),
+    ({"docker_daemon_options": {"bogus-key": 1}}, "docker_daemon_options", "is not a dockerd option"),
+    ({"docker_daemon_options": {"log-opts": {"max-file": 3}}}, "docker_daemon_options",
+     "'log-opts' must be an object of strings"),
+    ({"docker_daemon_options": {"live-restor": True}}, "docker_daemon_options", "did you mean 'live-restore'?"),
+    ({"model_dir": "/srv/models\n"}, "model_dir", "must not contain a newline"),
+    ({"vllm_image": "vllm/vllm-openai:v0.33.0\n"}, "vllm_image", "must not contain a newline"),
+    ({"vllm_image_digest": D + "\n"}, "vllm_image_digest", "must not contain a newline"),
+    ({"tools_dir": "/opt/vlmfleet\n"}, "tools_dir", "must not contain a newline"),
+    ({"served_model_name": "a\tb"}, "served_model_name", "must not contain a newline or other control character"),
+    ({"docker_registry_mirrors": ["https://m.example\n"]}, "docker_registry_mirrors", "must not contain a newline"),
+    ({"api_bind": "224.0.0.1"}, "api_bind", "not multicast, broadcast or reserved"),
+    ({"api_bind": "255.255.255.255"}, "api_bind", "not multicast, broadcast or reserved"),
+    ({"docker_registry_mirrors": ["ftp://x"]}, "docker_registry_mirrors", "must be an http(s) URL"),
+    ({"docker_registry_mirrors": ["https://a b"]}, "docker_registry_mirrors", "must be a URL without spaces"),
+    ({"docker_registry_mirrors": ["https://ok.example", "https://mirror.example?x"]}, "docker_registry_mirrors",
+     "must not carry a query"),
+    ({"docker_registry_mirrors": ["https://ok.example", "mirror.example?x"]}, "docker_registry_mirrors",
+     "must be an http(s) URL"),
+    ({"docker_insecure_registries": "bad host"}, "docker_insecure_registries", "must be list, not str"),
+    ({"docker_insecure_registries": ["bad host"]}, "docker_insecure_registries", "must be a registry host:port"),
+    ({"vllm_max_num_seqs": 99999999}, "vllm_max_num_seqs", "between 1 and 65536"),
+    ({"vllm_max_num_seqs": 10**30}, "vllm_max_num_seqs", "between 1 and 65536"),
+    ({"nvidia_runtime": 0}, "nvidia_runtime", "must be bool, not int"),
+    ({"pip_index_url": "https://pypi.org/simple/ extra"}, "pip_index_url", "must be a URL without spaces"),
+    ({"hf_endpoint": "http://user:HFPASS999@hub.example"}, "hf_endpoint", "must not carry credentials"),
+    ({"tools_dir": "/etc/vlmfleet"}, "tools_dir", "not a system folder or one of vlmfleet's own"),
+    ({"model_dir": "/var/lib/vlmfleet"}, "model_dir", "not a system folder or one of vlmfleet's own"),
+    ({"tools_dir": "/var/lib/vlmfleet/tools"}, "tools_dir", "not a system folder or one of vlmfleet's own"),
+    ({"model_dir": "/etc/systemd/system"}, "model_dir", "not a system folder"),
+    ({"served_model_name": "naïve‐name"}, "served_model_name", "must be a non-empty name"),
     # keys that do not exist
     ({"vllm_max_modle_len": 1}, "vllm_max_modle_len", "is not a vlmfleet setting (did you mean vllm_max_model_len?)"),
     ({"colour": "red"}, "colour", "is not a vlmfleet setting"),
@@ -271,7 +306,7 @@ def test_secret_files_must_exist_on_the_control_machine(tmp_path):
     assert build("gpu1", found[0].fix.apply({**base, "api_key_file": str(missing)}))[1] == []
     missing.write_text("")
     assert build("gpu1", {**base, "api_key_file": str(missing)})[1][0].why == "is empty: the secret goes on its first line"
-    assert build("gpu1", {**base, "hf_token_file": str(tmp_path)})[1][0].why == "is not a file"
+    assert build("gpu1", {**base, "hf_token_file": str(tmp_path)})[1][0].why == "is a folder, not a file"
     missing.write_text("sk-1\n")
     assert build("gpu1", {**base, "api_key_file": str(missing), "hf_token_file": str(missing)})[1] == []
 
@@ -318,3 +353,27 @@ def test_image_reference(data, ref):
 def test_wish_overrides_map_data_keys_to_planner_fields():
     cfg = config_for("h1", {**GOOD, "vllm_max_model_len": 16384, "vllm_tensor_parallel_size": 2}, check_files=False)
     assert cfg.wish_overrides == {"max_model_len": 16384, "tp": 2}
+
+
+def test_a_fix_for_an_optional_key_removes_it_rather_than_inventing_a_value():
+    """A bad digest is not replaced by a made-up one; a 72B host is not told to serve the 7B's name."""
+    for data, fix in (({"vllm_image_digest": "sha256:ABC"}, "remove vllm_image_digest (the tag is pulled)"),
+                      ({"served_model_name": "my model", "vlm_profile": "qwen72b_awq"},
+                       "remove served_model_name (clients send the profile's model id)"),
+                      ({"vllm_max_num_seqs": 99999999}, "remove vllm_max_num_seqs (the profile's value applies)"),
+                      ({"image_registry_mirror": ""}, "remove image_registry_mirror (images come from their own registry)")):
+        assert problems(data)[0].fix.render() == fix
+    assert problems({"nvidia_runtime": cli("0")})[0].fix.render() == "nvidia_runtime = False"
+
+
+def test_a_bad_data_override_is_fixed_by_dropping_it_when_the_host_data_beneath_is_sound():
+    _, found = build("h1", {**GOOD, "docker_package": "podman"}, sources={"docker_package": "--data"},
+                     beneath={**GOOD, "docker_package": "docker.io"}, check_files=False)
+    assert found[0].render("h1") == (
+        "h1: data key 'docker_package' = 'podman' (--data): is not one of docker-ce, docker.io — fix: drop the --data "
+        "docker_package=... override (the host's data gives docker_package = 'docker.io')")
+
+
+def test_the_value_shows_with_its_newline_so_the_operator_sees_it():
+    line = problems({"model_dir": "/srv/models\n"})[0].render("h1")
+    assert "'/srv/models\\n'" in line and "\n" not in line

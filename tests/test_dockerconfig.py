@@ -40,3 +40,10 @@ def test_daemon_options_cannot_replace_the_nvidia_runtime():
     """Other runtimes merge beside nvidia; the configuration refuses options that would replace it."""
     got = ours(cfg(docker_daemon_options={"runtimes": {"crun": {"path": "/usr/bin/crun"}}, "live-restore": True}))
     assert got == {"runtimes": {"crun": {"path": "/usr/bin/crun"}, **NVIDIA_RUNTIME}, "live-restore": True}
+
+
+def test_an_option_vlmfleet_set_and_no_longer_wants_is_taken_out_again():
+    """docker_daemon_options = {"debug": True} last run, {} now: debug goes — unless someone changed it since."""
+    assert merge({"debug": True, "log-driver": "journald"}, {}, retired={"debug": True}) == {"log-driver": "journald"}
+    assert merge({"debug": False}, {}, retired={"debug": True}) == {"debug": False}  # someone else's value now
+    assert merge({"debug": True}, {"debug": True}, retired={"debug": True}) == {"debug": True}  # still wanted

@@ -212,7 +212,7 @@ def test_cuda_graph_margin_warning_on_0_8_2():
 
 # ---- values no vLLM accepts (defence in depth: the CLI refuses them first) -------------------------------
 @pytest.mark.parametrize("change, key, message, fixed", [
-    ({"tp": -2}, "tp", "tensor_parallel_size -2 is invalid: vLLM needs a whole number >= 1", {"tp": 1}),
+    ({"tp": -2}, "tp", "tensor_parallel_size -2 is invalid: it must be a whole number from 1 to 64", {"tp": 1}),
     ({"tp": 0}, "tp", "tensor_parallel_size 0 is invalid", {"tp": 1}),
     ({"tp": 2.0}, "tp", "tensor_parallel_size 2.0 is invalid", {"tp": 1}),
     ({"max_num_seqs": 0}, "max_num_seqs", "max_num_seqs 0 is invalid", {"max_num_seqs": 256}),
@@ -243,8 +243,8 @@ def test_values_vllm_refuses_are_invalid_and_corrected(change, key, message, fix
 def test_max_model_len_zero_or_below_auto_is_invalid(max_model_len):
     p = plan(M7, parse_spec("1xA10"), V033, replace(CHAT, max_model_len=max_model_len))
     assert [e.key for e in p.errors] == ["max_model_len"]
-    assert p.errors[0].message == (f"max_model_len {max_model_len} is invalid: vLLM needs a whole number >= 1, "
-                                   "or -1 (auto)")
+    assert p.errors[0].message == (f"max_model_len {max_model_len} is invalid: it must be a whole number from 1 to "
+                                   "10000000, or -1 (auto)")
     assert p.max_model_len == 128000 and not any("max_model_len unset" in n for n in p.notes)
     assert p.proposal.reason.startswith("lower max_model_len to") and p.proposal.plan.verdict == "fits"
 

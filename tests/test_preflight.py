@@ -123,3 +123,25 @@ def test_a_daemon_json_data_root_elsewhere_than_docker_data_root():
     assert v.problems == ["gpu1: /etc/docker/daemon.json keeps images in /data/docker, but docker_data_root is "
                           "/var/lib/docker (the disk check looks there) — fix: docker_data_root = '/data/docker'"]
     assert run({**DATA, "docker_data_root": "/data/docker"}, replace(GOOD, daemon_json=dj)).ok
+
+
+def test_api_bind_must_be_an_address_of_the_host():
+    facts = replace(GOOD, addresses=["127.0.0.1", "10.77.0.12", "::1"])
+    v = run({**DATA, "api_bind": "10.77.0.99"}, facts)
+    assert v.problems == ["gpu1: data key 'api_bind' = '10.77.0.99': is not an address of this host (it has 10.77.0.12): "
+                          "vLLM could not bind — fix: api_bind = '0.0.0.0' (every address) or api_bind = '10.77.0.12'"]
+    assert run({**DATA, "api_bind": "10.77.0.12"}, facts).ok
+    assert run({**DATA, "api_bind": "0.0.0.0"}, facts).ok
+
+
+def test_a_profile_that_cannot_fit_names_one_that_does():
+    l40s = replace(GOOD, gpu_csv="0, NVIDIA L40S, 46068, 8.9, 580.95.05")
+    v = run({**DATA, "vlm_profile": "qwen72b_awq"}, l40s)
+    assert v.problems[0].endswith("— fix: vlm_profile = 'qwen32b_awq' (the largest profile that fits this host), or a "
+                                  "host with more GPU memory")
+    assert run({**DATA, "vlm_profile": "qwen32b_awq"}, l40s).ok
+
+
+def test_an_override_that_breaks_the_fit_is_fixed_by_removing_it():
+    v = run({**DATA, "vllm_max_num_seqs": 65536})
+    assert v.problems[0].endswith("— fix: remove vllm_max_num_seqs (profile qwen7b as shipped fits this host)")

@@ -96,14 +96,14 @@ def _inventory(args: argparse.Namespace):
         raise UsageError(str(exc)) from exc
 
 
-#: plan's whole-number options: Wish field -> (option, smallest value, what it must be, example value)
+#: plan's whole-number options: Wish field -> (option, what it must be, example value); ranges: planner.LIMITS
 WHOLE_OPTIONS = {
-    "tp": ("--tp", 1, "a whole number", "2"),
-    "max_num_seqs": ("--max-num-seqs", 1, "a whole number", "16"),
-    "max_num_batched_tokens": ("--max-num-batched-tokens", 1, "a whole number of tokens", "8192"),
-    "limit_images": ("--limit-images", 0, "a whole number", "5"),
-    "limit_videos": ("--limit-videos", 0, "a whole number", "0"),
-    "max_pixels": ("--max-pixels", 1, "a whole number of pixels", "1003520"),
+    "tp": ("--tp", "a whole number", "2"),
+    "max_num_seqs": ("--max-num-seqs", "a whole number", "16"),
+    "max_num_batched_tokens": ("--max-num-batched-tokens", "a whole number of tokens", "8192"),
+    "limit_images": ("--limit-images", "a whole number", "5"),
+    "limit_videos": ("--limit-videos", "a whole number", "0"),
+    "max_pixels": ("--max-pixels", "a whole number of pixels", "1003520"),
 }
 
 
@@ -112,12 +112,17 @@ def _shown(value: str) -> str:
     return value if re.fullmatch(r"[-+]?\d+(\.\d+)?", value) else repr(value)
 
 
-def _whole(value: str | None, option: str, low: int, what: str, example: str) -> int | None:
+def _whole(value: str | None, field: str) -> int | None:
+    from .planner import LIMITS
+
     if value is None:
         return None
-    if re.fullmatch(r"\s*[-+]?\d+\s*", value) and int(value) >= low:
+    option, what, example = WHOLE_OPTIONS[field]
+    low, high = LIMITS[field]
+    if re.fullmatch(r"\s*[-+]?\d+\s*", value) and low <= int(value) <= high:
         return int(value)
-    raise UsageError(f"{option} {_shown(value)}: must be {what} >= {low} (e.g. {option} {example})")
+    span = f">= {low}" if re.fullmatch(r"\s*[-+]?\d+\s*", value) is None or int(value) < low else f"<= {high}"
+    raise UsageError(f"{option} {_shown(value)}: must be {what} {span} (e.g. {option} {example})")
 
 
 def _max_model_len(value: str | None) -> int | None:
@@ -147,7 +152,7 @@ def _wish(args: argparse.Namespace):
     """The planner Wish of plan's options, every number range-checked (a UsageError names the option)."""
     from .planner import Wish
 
-    numbers = {k: _whole(getattr(args, k), *spec) for k, spec in WHOLE_OPTIONS.items()}
+    numbers = {k: _whole(getattr(args, k), k) for k in WHOLE_OPTIONS}
     return Wish(max_model_len=_max_model_len(args.max_model_len),
                 gpu_memory_utilization=_utilization(args.gpu_memory_utilization), kv_cache_dtype=args.kv_cache_dtype,
                 dtype=args.dtype, quantization=args.quantization, enforce_eager=args.enforce_eager, **numbers)

@@ -20,7 +20,9 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping
 from urllib.parse import urlparse
 
+from . import daemon_options
 from .catalog import CatalogError, Model, model, profile, profiles, vllm_version, vllm_versions
+from .planner import LIMITS
 
 STAGES = ("preflight", "base", "weights", "image", "service", "health")
 
@@ -88,17 +90,23 @@ class Bad(Exception):
 
 
 # ---- value checks (each raises Bad) ----------------------------------------------------------------------
-def _at_least(low: int | float, high: int | float | None = None, what: str = "") -> Callable[[Any], None]:
+def _at_least(low: int | float, high: int | float, what: str = "") -> Callable[[Any], None]:
     def check(v: Any) -> None:
-        if v < low or (high is not None and v > high):
-            span = f"between {low} and {high}" if high is not None else f">= {low}"
-            raise Bad(f"must be {span}{what}", fixed=high if high is not None and v > high else None)
+        if not low <= v <= high:
+            raise Bad(f"must be between {low} and {high}{what}")
     return check
 
 
+def _wish_range(field: str) -> Callable[[Any], None]:
+    """The range the planner accepts for one wish field (planner.LIMITS: one table for data, CLI, planner)."""
+    low, high = LIMITS[field]
+    return _at_least(low, high)
+
+
 def _max_model_len(v: int) -> None:
-    if v != -1 and v < 1:
-        raise Bad("must be a number of tokens >= 1 (or -1 for auto on vLLM 0.33)")
+    low, high = LIMITS["max_model_len"]
+    if v != -1 and not low <= v <= high:
+        raise Bad(f"must be a number of tokens between {low} and {high} (or -1 for auto on vLLM 0.33)")
 
 
 def _fraction(v: float) -> None:
@@ -111,60 +119,73 @@ def _port(v: int) -> None:
         raise Bad("must be a TCP port (1-65535)")
 
 
-_SAFE_PATH = re.compile(r"^/[A-Za-z0-9._+@/-]*$")
+_SAFE_PATH = re.compile(r"/[A-Za-z0-9._+@/-]*")
+#: folders a data path may be inside of but never be: "/var/lib" is fine for docker_data_root's parent
+_SHARED_FOLDERS = {"/", "/var", "/var/lib", "/opt", "/srv", "/home", "/root", "/tmp", "/var/tmp", "/usr/local", "/mnt",
+                   "/media", "/data"}
+#: trees no data path may be in: the OS's own, and vlmfleet's fixed folders (CONFIG_DIR, STATE_DIR)
+_SYSTEM_TREES = ("/etc", "/usr", "/boot", "/proc", "/sys", "/dev", "/run", "/bin", "/sbin", "/lib", "/lib64")
 
 
 def _host_path(v: str) -> None:
     if not v.startswith("/"):
         raise Bad("must be an absolute path")
-    if not _SAFE_PATH.match(v) or "//" in v:
+    if not _SAFE_PATH.fullmatch(v) or "//" in v:
         raise Bad("may hold only letters, digits and . _ + @ - / (it is written into the unit and shell commands)")
     if any(part == ".." for part in v.split("/")):
         raise Bad("must not contain '..'")
-    if v.rstrip("/") in ("", "/etc", "/usr", "/bin", "/sbin", "/lib", "/boot", "/proc", "/sys", "/dev", "/var", "/opt"):
-        raise Bad("must be a folder of its own, not a system folder")
+    p = v.rstrip("/") or "/"
+    if p in _SHARED_FOLDERS or any((p + "/").startswith(f"{tree}/") for tree in (*_SYSTEM_TREES, STATE_DIR)) \
+            and not p.startswith("/usr/local/"):
+        raise Bad("must be a folder of its own, not a system folder or one of vlmfleet's own "
+                  f"({CONFIG_DIR}, {STATE_DIR})")
 
 
 def _url(v: str) -> None:
     if re.search(r"\s", v):
-        raise Bad("must be a URL without spaces", fixed=re.sub(r"\s", "", v))
+        raise Bad("must be a URL without spaces")
     u = urlparse(v)
     if u.scheme not in ("http", "https") or not u.netloc:
         raise Bad("must be an http(s) URL with a host, e.g. https://hf-mirror.com",
                   fixed=f"https://{v}" if "://" not in v and v else None)
+    if "@" in u.netloc:
+        raise Bad("must not carry credentials: they would show in process lists and logs (a hub token goes in "
+                  "hf_token_file)", fixed=f"{u.scheme}://{u.netloc.rpartition('@')[2]}{u.path}")
     if u.query or u.fragment:
         raise Bad("must not carry a query or fragment", fixed=f"{u.scheme}://{u.netloc}{u.path}")
 
 
 def _bind(v: str) -> None:
     try:
-        ipaddress.ip_address(v)
+        ip = ipaddress.ip_address(v)
     except ValueError:
         raise Bad("must be an IP address this host has, e.g. 0.0.0.0 (all), 127.0.0.1 (this host only)") from None
+    if ip.is_multicast or str(ip) == "255.255.255.255" or (ip.is_reserved and not ip.is_unspecified and not ip.is_loopback):
+        raise Bad("must be an address of this host (not multicast, broadcast or reserved), e.g. 0.0.0.0 (all)")
 
 
 def _image(v: str) -> None:
     if not v:
         raise Bad("must name an image, e.g. vllm/vllm-openai:v0.33.0")
-    if not IMAGE_REF.match(v) or len(v.split("@")[0].split(":")[0]) > 255:
+    if not IMAGE_REF.fullmatch(v) or len(v.split("@")[0].split(":")[0]) > 255:
         raise Bad("is not a Docker image reference ([registry/]name[:tag][@sha256:...], lower-case name)",
-                  fixed=v.lower() if IMAGE_REF.match(v.lower()) else None)
+                  fixed=v.lower() if IMAGE_REF.fullmatch(v.lower()) else None)
 
 
 def _digest(v: str) -> None:
-    if not DIGEST.match(v):
+    if not DIGEST.fullmatch(v):
         raise Bad("must be sha256:<64 lower-case hex digits>, as `docker buildx imagetools inspect` prints it",
-                  fixed=v.lower() if DIGEST.match(v.lower()) else None)
+                  fixed=v.lower() if DIGEST.fullmatch(v.lower()) else None)
 
 
 def _registry(v: str) -> None:
     if "://" in v:
         host = urlparse(v).netloc
         raise Bad("must be a registry host name (no scheme): the unit runs <mirror>/<image>",
-                  fixed=host if REGISTRY_HOST.match(host) else None)
-    if not REGISTRY_HOST.match(v):
+                  fixed=host if REGISTRY_HOST.fullmatch(host) else None)
+    if not REGISTRY_HOST.fullmatch(v):
         raise Bad("must be a registry host name like docker.m.daocloud.io or 10.0.0.5:5000",
-                  fixed=v.strip().strip("/") if REGISTRY_HOST.match(v.strip().strip("/")) else None)
+                  fixed=v.strip().strip("/") if REGISTRY_HOST.fullmatch(v.strip().strip("/")) else None)
 
 
 def _mirror_urls(v: list) -> None:
@@ -174,8 +195,22 @@ def _mirror_urls(v: list) -> None:
         try:
             _url(u)
         except Bad as exc:
-            fixed = [f"https://{x}" if isinstance(x, str) and "://" not in x else x for x in v]
-            raise Bad(f"item {u!r} {exc.why} (dockerd wants https://host)", fixed=fixed) from None
+            raise Bad(f"item {u!r} {exc.why} (dockerd wants https://host)", fixed=_repaired_urls(v)) from None
+
+
+def _repaired_urls(v: list) -> list | None:
+    """The mirror list with each bad URL repaired where that is obvious (a scheme added), else left out."""
+    out = []
+    for x in v:
+        for candidate in (x, f"https://{x}" if isinstance(x, str) and x and "://" not in x else None):
+            try:
+                if isinstance(candidate, str):
+                    _url(candidate)
+                    out.append(candidate)
+                    break
+            except Bad:
+                continue
+    return out if out != v else None
 
 
 def _insecure(v: list) -> None:
@@ -187,9 +222,10 @@ def _insecure(v: list) -> None:
             continue
         except ValueError:
             pass
-        if not REGISTRY_HOST.match(u):
+        if not REGISTRY_HOST.fullmatch(u):
+            fixed = [urlparse(x).netloc if isinstance(x, str) and "://" in x else x for x in v]
             raise Bad(f"item {u!r} must be a registry host:port (no scheme) or a CIDR",
-                      fixed=[urlparse(x).netloc if isinstance(x, str) and "://" in x else x for x in v])
+                      fixed=fixed if fixed != v else None)
 
 
 def _name(v: str) -> None:
@@ -253,6 +289,8 @@ def _daemon_options(v: dict) -> None:
         if "nvidia" in runtimes:
             raise Bad("'runtimes.nvidia' is installed by nvidia-ctk (nvidia_runtime); do not set it here",
                       fixed={k: x for k, x in v.items() if k != "runtimes"})
+    for key, why in daemon_options.problems(v):
+        raise Bad(f"{key!r} {why}", fixed={k: x for k, x in v.items() if k != key})
 
 
 # ---- the schema ------------------------------------------------------------------------------------------
@@ -296,21 +334,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("vllm_max_model_len", None, "int?", "override the profile's max_model_len (tokens; -1: the largest "
             "that fits, vLLM 0.33 only)", check=_max_model_len, example=32768),
     Setting("vllm_max_num_seqs", None, "int?", "override the profile's max_num_seqs (concurrent sequences)",
-            check=_at_least(1, 65536), example=16),
+            check=_wish_range("max_num_seqs")),
     Setting("vllm_max_num_batched_tokens", None, "int?", "override the profile's max_num_batched_tokens "
-            "(>= max_num_seqs)", check=_at_least(1, 1048576), example=8192),
-    Setting("vllm_limit_images", None, "int?", "override images per prompt (0: none)", check=_at_least(0, 999),
-            example=5),
-    Setting("vllm_limit_videos", None, "int?", "override videos per prompt (0: none)", check=_at_least(0, 999),
-            example=0),
+            "(>= max_num_seqs)", check=_wish_range("max_num_batched_tokens")),
+    Setting("vllm_limit_images", None, "int?", "override images per prompt (0: none)",
+            check=_wish_range("limit_images")),
+    Setting("vllm_limit_videos", None, "int?", "override videos per prompt (0: none)",
+            check=_wish_range("limit_videos")),
     Setting("vllm_max_pixels", None, "int?", "override the largest image kept (pixels; 784 per token, at least "
-            "3136)", check=_at_least(3136, 12845056 * 4), example=1003520),
+            "3136)", check=_wish_range("max_pixels")),
     Setting("vllm_gpu_memory_utilization", None, "float?", "override the GPU memory fraction", check=_fraction,
             example=0.9),
     Setting("vllm_kv_cache_dtype", None, "str?", "override the KV cache dtype (auto, fp8, ...; the version's "
             "list in vlmfleet/catalog/vllm.yaml)", example="auto"),
     Setting("vllm_tensor_parallel_size", None, "int?", "override tp (default: every GPU in gpu_devices)",
-            check=_at_least(1, 64), example=1),
+            check=_wish_range("tp")),
     Setting("vllm_dtype", None, "str?", "override dtype", choices=("auto", "float16", "bfloat16"), example="auto"),
     Setting("vllm_quantization", None, "str?", "pass --quantization (default: let vLLM detect it; only for AWQ "
             "checkpoints)", choices=("awq", "awq_marlin"), example="awq_marlin"),
@@ -458,6 +496,12 @@ class HostConfig:
 
     host: str
     values: Mapping[str, Any]
+    #: where each data key came from (``--data``, ``group qwen7b``, ...), for messages about the host's facts
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    def where(self, key: str) -> str:
+        """`` (--data)`` or empty: the source of a key, as problem lines show it."""
+        return f" ({self.sources[key]})" if self.sources.get(key) else ""
 
     def __getattr__(self, key: str) -> Any:
         try:
@@ -588,38 +632,73 @@ def _coerce(s: Setting, v: Any) -> Any:
             return float(v)
         if kind == "bool" and isinstance(v, str) and v.lower() in ("yes", "no", "on", "off", "1", "0"):
             return v.lower() in ("yes", "on", "1")
+        if kind == "bool" and isinstance(v, int) and v in (0, 1):
+            return bool(v)
         if kind == "list" and isinstance(v, str):
             return [x.strip() for x in v.split(",") if x.strip()]
-    except ValueError:
+    except (ValueError, OverflowError):
         return None
     return None
 
 
-def _check_value(s: Setting, v: Any) -> tuple[str, Fix] | None:
-    """Type, choices and the key's own check; a problem's why and fix, or None."""
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _has_control(v: Any) -> bool:
+    """A newline, tab or other control character anywhere in a value (it would break the unit or a command)."""
+    if isinstance(v, str):
+        return bool(_CONTROL.search(v))
+    if isinstance(v, list):
+        return any(_has_control(x) for x in v)
+    if isinstance(v, dict):
+        return any(_has_control(k) or _has_control(x) for k, x in v.items())
+    return False
+
+
+def _why(s: Setting, v: Any) -> tuple[str, Any] | None:
+    """What is wrong with one value on its own: (why, a repaired value or None), or None when it passes."""
     kind = s.kind.rstrip("?")
     if v is None:
-        if s.kind.endswith("?"):
-            return None
-        return "must be set", Fix({s.key: s.fix_value})
+        return None if s.kind.endswith("?") else ("must be set", None)
     if not _KIND_OK[kind](v):
-        fixed = _coerce(s, v)
-        if fixed is None or _check_value(s, fixed) is not None:
-            fixed = s.fix_value
-        return f"must be {'a number' if kind == 'float' else kind}, not {type(v).__name__}", Fix({s.key: fixed})
+        return f"must be {'a number' if kind == 'float' else kind}, not {type(v).__name__}", _coerce(s, v)
+    if _has_control(v):
+        return "must not contain a newline or other control character (it would break the unit file)", None
     if s.choices and v not in s.choices:
-        near = _closest(str(v), [str(c) for c in s.choices])
-        return (f"is not one of {', '.join(map(str, s.choices))}",
-                Fix({s.key: near if near is not None else s.fix_value}))
+        return f"is not one of {', '.join(map(str, s.choices))}", _closest(str(v), [str(c) for c in s.choices])
     if s.check:
         try:
             s.check(v)
         except Bad as exc:
-            fixed = exc.fixed
-            if fixed is None or _check_value(s, fixed) is not None:
-                fixed = s.fix_value
-            return exc.why, Fix({s.key: fixed})
+            return exc.why, exc.fixed
     return None
+
+
+def _check_value(s: Setting, v: Any) -> tuple[str, Fix] | None:
+    """Type, choices and the key's own check: the problem's why and a fix that passes on its own, or None.
+    The fix is the repaired value when one follows from the value itself ("8000" -> 8000, a scheme dropped);
+    otherwise removing the key when it may be unset (its default applies), else the default."""
+    found = _why(s, v)
+    if found is None:
+        return None
+    why, fixed = found
+    if fixed is not None and _why(s, fixed) is None:
+        return why, Fix({s.key: fixed})
+    if s.kind.endswith("?"):
+        return why, Fix(unset=(s.key,), text=f"remove {s.key} ({_unset_means(s)})")
+    return why, Fix({s.key: s.default})
+
+
+def _unset_means(s: Setting) -> str:
+    """What an unset optional key means, for a fix that removes it."""
+    if s.key in WISH_KEYS:
+        return "the profile's value applies"
+    return {"served_model_name": "clients send the profile's model id", "vllm_image_digest": "the tag is pulled",
+            "image_registry_mirror": "images come from their own registry",
+            "health_deadline_s": "the deadline follows the model's size",
+            "weights_disk_gb": "the catalog's size is checked", "gpu_interconnect": "nvidia-smi topo decides",
+            "hf_token_file": "no token is sent", "api_key_file": "the server takes no key",
+            "vlm_profile": "the host's profile group decides"}.get(s.key, "its default applies")
 
 
 def _closest(word: str, choices: list[str]) -> str | None:
@@ -634,8 +713,11 @@ def _secret_file(key: str, path: str) -> tuple[str, Fix] | None:
     p = Path(path).expanduser()
     unset = Fix(unset=(key,), text=f"write the secret into {path} (one line, mode 0600), or remove {key}")
     try:
+        if p.exists() and not p.is_file():
+            return "is a folder, not a file", Fix(unset=(key,), text=f"point {key} at a one-line secret file "
+                                                                      f"(not a folder), or remove {key}")
         if not p.is_file():
-            return ("does not exist on this (control) machine" if not p.exists() else "is not a file"), unset
+            return "does not exist on this (control) machine", unset
         first = p.read_text().splitlines()[0].strip() if p.stat().st_size else ""
     except (OSError, UnicodeDecodeError, IndexError) as exc:
         return f"cannot be read ({exc.__class__.__name__}: {exc})", unset
@@ -654,8 +736,8 @@ def image_version_mismatch(image: str, version: str) -> str | None:
 
 
 def build(host: str, data: Mapping[str, Any], *, sources: Mapping[str, str] | None = None, ssh_port: int = 22,
-          profile_groups: Mapping[str, str] | None = None, check_files: bool = True, verify_fixes: bool = True
-          ) -> tuple[HostConfig | None, list[Problem]]:
+          profile_groups: Mapping[str, str] | None = None, check_files: bool = True, verify_fixes: bool = True,
+          beneath: Mapping[str, Any] | None = None) -> tuple[HostConfig | None, list[Problem]]:
     """The host's configuration, or every problem with its data.
 
     + data: pyinfra's merged host data, e.g. ``host.data.dict()``; keys pyinfra owns (``ssh_*``, ``_sudo``) pass
@@ -663,6 +745,7 @@ def build(host: str, data: Mapping[str, Any], *, sources: Mapping[str, str] | No
     + ssh_port: the port pyinfra reaches the host on (api_port must differ)
     + profile_groups: the host's groups that select a profile, e.g. ``{"qwen7b": "qwen7b"}`` (exactly one allowed)
     + check_files: check api_key_file / hf_token_file on this (control) machine
+    + beneath: the host's data without ``--data`` (host > group > all): a bad override's fix can be to drop it
     """
     data = normalize(data)
     sources = sources or {}
@@ -687,23 +770,39 @@ def build(host: str, data: Mapping[str, Any], *, sources: Mapping[str, str] | No
         _cross_checks(values, data, bad, ssh_port, profile_groups or {}, check_files)
     if problems:
         if verify_fixes:
-            problems = [_verified(p, data, sources, ssh_port, profile_groups, check_files) for p in problems]
+            problems = [_verified(p, data, sources, ssh_port, profile_groups, check_files, beneath)
+                        for p in problems]
         return None, problems
     frozen = {k: (tuple(v) if isinstance(v, list) else MappingProxyType(dict(v)) if isinstance(v, dict) else v)
               for k, v in values.items()}
-    return HostConfig(host, MappingProxyType(frozen)), []
+    return HostConfig(host, MappingProxyType(frozen), MappingProxyType(dict(sources))), []
 
 
-def _verified(p: Problem, data: dict[str, Any], sources, ssh_port, profile_groups, check_files) -> Problem:
-    """The problem with a fix that really clears it: a fix whose value trips a rule between keys is replaced by
-    removing the key (its default then applies) when the key may be unset."""
+def _verified(p: Problem, data: dict[str, Any], sources, ssh_port, profile_groups, check_files,
+              beneath) -> Problem:
+    """The problem with a fix that really clears it. A bad ``--data`` override whose key has a sound value
+    beneath (host or group data) is fixed by dropping the override; a fix whose value trips a rule between keys
+    is replaced by removing the key (its default then applies) when the key may be unset."""
+    def clears(fix: Fix) -> bool:
+        _, left = build("?", fix.apply(data), sources=sources, ssh_port=ssh_port, profile_groups=profile_groups,
+                        check_files=check_files, verify_fixes=False)
+        return not any(q.key in (p.key, *fix.set, *fix.unset) for q in left)
+
+    if p.source == "--data" and beneath is not None and p.key in BY_KEY:
+        if p.key in beneath:
+            fix = Fix({p.key: beneath[p.key]}, text=f"drop the --data {p.key}=... override (the host's data "
+                      f"gives {p.key} = {beneath[p.key]!r})")
+        else:
+            fix = Fix(unset=(p.key,), text=f"drop the --data {p.key}=... override ({_unset_means(BY_KEY[p.key])})"
+                      if BY_KEY[p.key].kind.endswith("?") else f"drop the --data {p.key}=... override (default "
+                      f"{BY_KEY[p.key].default!r})")
+        if clears(fix):
+            return Problem(p.key, p.value, p.why, fix, p.source)
     if p.fix.text or p.key not in BY_KEY:
         return p
-    _, left = build("?", p.fix.apply(data), sources=sources, ssh_port=ssh_port, profile_groups=profile_groups,
-                    check_files=check_files, verify_fixes=False)
-    if any(q.key in (p.key, *p.fix.set) for q in left) and BY_KEY[p.key].kind.endswith("?"):
-        return Problem(p.key, p.value, p.why, Fix(unset=(p.key,), text=f"remove {p.key} (the profile's value "
-                       "applies)"), p.source)
+    if not clears(p.fix) and BY_KEY[p.key].kind.endswith("?"):
+        return Problem(p.key, p.value, p.why, Fix(unset=(p.key,), text=f"remove {p.key} "
+                       f"({_unset_means(BY_KEY[p.key])})"), p.source)
     return p
 
 

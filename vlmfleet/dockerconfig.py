@@ -29,9 +29,15 @@ def ours(cfg: HostConfig) -> dict[str, Any]:
     return out
 
 
-def merge(existing: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any]:
-    """``existing`` with ``wanted`` merged in; nothing of ``existing`` is lost."""
-    out = dict(existing)
+def merge(existing: dict[str, Any], wanted: dict[str, Any], retired: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``existing`` with ``wanted`` merged in; nothing of ``existing`` is lost — except a top-level key vlmfleet
+    set itself last time (``retired``: the docker_daemon_options it merged) that it no longer wants and that
+    still holds the value vlmfleet gave it.
+
+    + retired: e.g. ``{"debug": "yes"}`` from the previous run's record
+    """
+    out = {k: v for k, v in existing.items()
+           if not (retired and k in retired and k not in wanted and retired[k] == v)}
     for key, value in wanted.items():
         have = out.get(key)
         if isinstance(value, list) and isinstance(have, list):

@@ -81,6 +81,19 @@ class JsonFile(FactBase):
         return {"exists": True, "valid": True, "data": data}
 
 
+class HostAddresses(FactBase):
+    """The host's own IP addresses (every interface, IPv4 and IPv6), e.g. ``["127.0.0.1", "10.0.0.5", "::1"]``."""
+
+    requires_command = "ip"
+    default = list
+
+    def command(self) -> str:
+        return "ip -o addr show | awk '{print $4}'"
+
+    def process(self, output):
+        return [line.strip().split("/")[0] for line in output if line.strip()]
+
+
 class DockerImage(FactBase):
     """``{"id": "sha256:...", "repo_digests": [...]}`` for a local image reference, or None."""
 

@@ -110,7 +110,9 @@ def parse_nvidia_smi(csv_text: str, topo_text: str | None = None, interconnect: 
         try:
             index, memory = int(cols[0]), int(float(cols[2]))
         except ValueError as exc:
-            raise InventoryError(f"nvidia-smi line {n + 1}: index/memory not numeric: {line.strip()!r}") from exc
+            hint = (" (saved with units: query with --format=csv,noheader,nounits)" if "MiB" in line or "index" in line
+                    else "")
+            raise InventoryError(f"nvidia-smi line {n + 1}: index/memory not numeric: {line.strip()!r}{hint}") from exc
         try:
             kind = gpu_kind(cols[1])
         except CatalogError as exc:
@@ -119,6 +121,10 @@ def parse_nvidia_smi(csv_text: str, topo_text: str | None = None, interconnect: 
         gpus.append(Gpu(index, cols[1], memory, cc, kind, driver=cols[4], bus_id=cols[5] if len(cols) > 5 else None))
     if not gpus:
         raise InventoryError("nvidia-smi listed no GPUs")
+    indices = [g.index for g in gpus]
+    if len(set(indices)) != len(indices):
+        raise InventoryError(f"nvidia-smi lists GPU index {sorted(i for i in set(indices) if indices.count(i) > 1)} "
+                             "more than once")
     kinds = {g.kind.id for g in gpus}
     if len(kinds) > 1:
         raise InventoryError(f"mixed GPU kinds on one host ({', '.join(sorted(kinds))}); give the service a gpu_devices list of one kind")

@@ -278,14 +278,22 @@ def lm_bytes(m: Model, tp: int, tokens: int, seqs: int, dtype_bytes: int) -> int
 
 # ---- the plan ----------------------------------------------------------------------------------------------
 #: Wish fields that are whole numbers, with the smallest value vLLM accepts and the name vLLM gives them.
+#: The range vLLM (and vlmfleet) accepts for each whole-number wish: (smallest, largest). One table for the
+#: planner, ``vlmfleet plan``'s options and the data keys (vlmfleet.config).
+LIMITS = {
+    "tp": (1, 64),
+    "max_model_len": (1, 10_000_000),
+    "max_num_seqs": (1, 65536),
+    "max_num_batched_tokens": (1, 1_048_576),
+    "max_pixels": (3136, 4 * 12845056),  # 3136 = Qwen2.5-VL's min_pixels (4 tokens of 28x28)
+    "limit_images": (0, 999),
+    "limit_videos": (0, 999),
+}
 WHOLE_FIELDS = {
-    "tp": (1, "tensor_parallel_size"),
-    "max_model_len": (1, "max_model_len"),
-    "max_num_seqs": (1, "max_num_seqs"),
-    "max_num_batched_tokens": (1, "max_num_batched_tokens"),
-    "max_pixels": (1, "max_pixels"),
-    "limit_images": (0, "the image limit (limit_mm_per_prompt image)"),
-    "limit_videos": (0, "the video limit (limit_mm_per_prompt video)"),
+    "tp": "tensor_parallel_size", "max_model_len": "max_model_len", "max_num_seqs": "max_num_seqs",
+    "max_num_batched_tokens": "max_num_batched_tokens", "max_pixels": "max_pixels",
+    "limit_images": "the image limit (limit_mm_per_prompt image)",
+    "limit_videos": "the video limit (limit_mm_per_prompt video)",
 }
 
 
@@ -294,14 +302,16 @@ def wish_problems(wish: Wish) -> list[Finding]:
     utilisation of 0 or NaN ...): one validity error each. ``plan`` counts these fields as unset for its
     arithmetic, so an invalid wish never shows negative weights or a "fits"."""
     out = []
-    for key, (low, name) in WHOLE_FIELDS.items():
+    for key, name in WHOLE_FIELDS.items():
+        low, high = LIMITS[key]
         v = getattr(wish, key)
         if v is None or (key == "max_model_len" and v == -1):
             continue
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
             auto = ", or -1 (auto)" if key == "max_model_len" else ""
-            out.append(Finding(key, f"{name} {v!r} is invalid: vLLM needs a whole number >= {low}{auto}",
-                               f"{key} >= {low}" if low else f"{key}: 0 or more"))
+            out.append(Finding(key, f"{name} {v!r} is invalid: it must be a whole number from {low} to {high}{auto}",
+                               f"{key} >= {low}" if v is not None and not isinstance(v, bool)
+                               and isinstance(v, int) and v < low else f"{key} <= {high}"))
     u = wish.gpu_memory_utilization
     if u is not None and (isinstance(u, bool) or not isinstance(u, (int, float)) or not math.isfinite(u) or u <= 0):
         out.append(Finding("gpu_memory_utilization", f"gpu_memory_utilization {u!r} is outside (0, 1]", "0.90"))

@@ -7,12 +7,13 @@ every later stage renders from.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field, replace
 
-from .catalog import CatalogError, profiles, vllm_version
+from .catalog import CatalogError, model, profiles, vllm_version
 from .config import DATA_KEY_OF_WISH, HostConfig
 from .gpus import Inventory, InventoryError, parse_nvidia_smi
-from .planner import Plan, Proposal
+from .planner import Plan, corrected_wish
 from .profiles import plan_profile
 
 SUPPORTED_OS = {("debian", "12"), ("debian", "13"), ("ubuntu", "22.04"), ("ubuntu", "24.04")}
@@ -34,6 +35,7 @@ class HostFacts:
     daemon_json: dict | None = None  # JsonFile fact of /etc/docker/daemon.json
     config_json: dict | None = None  # the verified checkpoint's config.json, when the weights are there
     config_path: str = ""
+    addresses: list[str] | None = None  # the host's IP addresses (gathered when api_bind names one)
 
 
 @dataclass
@@ -63,10 +65,10 @@ def profile_for_model(model_id: str) -> str | None:
     return next((p.id for p in profiles().values() if p.model_id == model_id), None)
 
 
-def fix_text(proposal: Proposal) -> str:
-    """A planner proposal in data keys: ``vllm_tensor_parallel_size = 2 and vllm_max_model_len = 16384``."""
+def fix_text(changes: dict) -> str:
+    """Planner changes in data keys: ``vllm_tensor_parallel_size = 2 and vllm_max_model_len = 16384``."""
     parts = []
-    for wish_key, value in proposal.changes.items():
+    for wish_key, value in changes.items():
         if wish_key == "model":
             pid = profile_for_model(str(value))
             parts.append(f"vlm_profile = {pid!r}" if pid else f"a profile serving {value}")
@@ -77,17 +79,36 @@ def fix_text(proposal: Proposal) -> str:
     return " and ".join(parts)
 
 
+def fitting_profile(cfg: HostConfig, inv: Inventory, version) -> str | None:
+    """The largest catalog profile that fits this host as it is (for a "does not fit" with no smaller fix)."""
+    by_size = sorted(profiles().values(), key=lambda pr: -model(pr.model_id).params_b)
+    for pr in by_size:
+        if pr.id != cfg.vlm_profile and plan_profile(pr.id, inv, version).verdict == "fits":
+            return pr.id
+    return None
+
+
 def _plan_problems(host: str, cfg: HostConfig, inv: Inventory, p: Plan) -> list[str]:
     head = f"{host}: profile {cfg.vlm_profile} on {inv.describe()} with vLLM {p.version.version}"
-    fix = (f"{fix_text(p.proposal)} ({p.proposal.reason})" if p.proposal
-           else "a host with more GPU memory, or a smaller profile")
+    if p.proposal:
+        fix = f"{fix_text(p.proposal.changes)} ({p.proposal.reason})"
+    elif cfg.wish_overrides and plan_profile(cfg.vlm_profile, inv, p.version).verdict == "fits":
+        keys = [DATA_KEY_OF_WISH[k] for k in cfg.wish_overrides]
+        fix = " and ".join(f"remove {k}" for k in keys) + f" (profile {cfg.vlm_profile} as shipped fits this host)"
+    else:
+        other = fitting_profile(cfg, inv, p.version)
+        fix = (f"vlm_profile = {other!r} (the largest profile that fits this host), or a host with more GPU memory"
+               if other else "a host with more GPU memory: no profile fits this one")
     if p.errors:
         out = []
+        corrected = corrected_wish(p)[1] if not p.proposal else {}
         for e in p.errors:
             key = DATA_KEY_OF_WISH.get(e.key)
-            where = f"data key {key!r}" if key else e.key
+            where = f"data key {key!r}{cfg.where(key)}" if key else e.key
             own = {"driver": f"upgrade the NVIDIA driver to >= {p.version.min_driver}, or vllm_version = '0.8.2' "
                              "with its image"}.get(e.key)
+            if own is None and corrected and "as shipped fits" not in fix:
+                own = f"{fix_text(corrected)} (makes it valid; it still does not fit this host: {fix})"
             out.append(f"{head} is invalid ({where}): {e.message} — fix: {own or fix}")
         return out
     reasons = "; ".join(n for n in p.notes if "KV" in n or "exceed" in n) or "the KV cache cannot hold one request"
@@ -106,6 +127,14 @@ def check(cfg: HostConfig, facts: HostFacts) -> Verdict:
     if root and str(root).rstrip("/") != cfg.docker_data_root.rstrip("/"):
         v.problems.append(f"{host}: /etc/docker/daemon.json keeps images in {root}, but docker_data_root is "
                           f"{cfg.docker_data_root} (the disk check looks there) — fix: docker_data_root = {str(root)!r}")
+    if facts.addresses is not None and cfg.api_bind not in facts.addresses:
+        bind = ipaddress.ip_address(cfg.api_bind)
+        if not (bind.is_unspecified or bind.is_loopback):
+            own = [a for a in facts.addresses if not ipaddress.ip_address(a).is_loopback][:4]
+            v.problems.append(f"{host}: data key 'api_bind' = {cfg.api_bind!r}{cfg.where('api_bind')}: is not an "
+                              f"address of this host (it has {', '.join(own) or 'only loopback'}): vLLM could not "
+                              f"bind — fix: api_bind = '0.0.0.0' (every address)"
+                              + (f" or api_bind = {own[0]!r}" if own else ""))
     if (facts.os_id, facts.os_version) not in SUPPORTED_OS:
         v.problems.append(f"{host}: OS {facts.os_id} {facts.os_version} is not supported — fix: use Debian 12/13 "
                           "or Ubuntu 22.04/24.04")
@@ -128,8 +157,8 @@ def check(cfg: HostConfig, facts: HostFacts) -> Verdict:
         inv = select_gpus(inv, list(cfg.gpu_devices) if cfg.gpu_devices != "all" else "all")
     except InventoryError as exc:
         have = [g.index for g in inv.gpus]
-        v.problems.append(f"{host}: data key 'gpu_devices' = {list(cfg.gpu_devices)!r}: {exc} — fix: gpu_devices = "
-                          f"{have!r} (or 'all')")
+        v.problems.append(f"{host}: data key 'gpu_devices' = {list(cfg.gpu_devices)!r}{cfg.where('gpu_devices')}: "
+                          f"{exc} — fix: gpu_devices = {have!r} (or 'all')")
         return v
     v.inventory = inv
 

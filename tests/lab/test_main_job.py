@@ -102,7 +102,7 @@ def test_dry_diff_of_a_key_rotation_shows_no_secret(deployed, tmp_path):
     out = dry.stdout + dry.stderr
     assert "sk-rotated" not in out and api_key(lab) not in out
     assert "secret changed (contents not shown)" in out
-    assert "Restart vllm-" in out  # the rotation would restart the servers
+    assert "Restart the vLLM unit" in out  # the rotation would restart the servers
 
 
 def test_flag_change_in_one_group_restarts_only_that_group(deployed, tmp_path):

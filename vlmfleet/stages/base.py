@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from io import StringIO
 
 from pyinfra import host
@@ -12,13 +13,15 @@ from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from .. import dockerconfig
-from ..config import HostConfig
+from ..config import STATE_DIR, HostConfig
 from ..facts import JsonFile
 from .common import DAEMON_JSON
 
 BASE_PACKAGES = ["ca-certificates", "curl", "gnupg", "git", "git-lfs", "python3-venv"]
 DOCKER_KEY = "/etc/apt/keyrings/docker.asc"
 NVIDIA_KEY = "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
+#: the docker_daemon_options vlmfleet merged last time: what it may take out again
+DAEMON_OPTIONS_RECORD = f"{STATE_DIR}/daemon-json-options.json"
 
 
 def docker_repo_line(url: str, os_id: str, codename: str) -> str:
@@ -35,9 +38,10 @@ def nvidia_repo_line(url: str) -> str:
 @deploy("Base")
 def base(cfg: HostConfig) -> list:
     """Install git-lfs and Docker (docker-ce from Docker's repository, or the distro's docker.io), the NVIDIA
-    container toolkit when ``nvidia_runtime``, and merge vlmfleet's keys into /etc/docker/daemon.json.
-    dockerd restarts only when daemon.json changed. Returns the operations the service must react to (none:
-    a dockerd restart restarts the containers itself).
+    container toolkit when ``nvidia_runtime``, and merge vlmfleet's keys into /etc/docker/daemon.json (a key
+    vlmfleet set from ``docker_daemon_options`` and no longer wants is taken out again, unless someone changed
+    it since). dockerd restarts only when daemon.json changed; the restart is returned, because it restarts the
+    vLLM container too and the health stage must then check the server.
 
     + cfg: the host's configuration, e.g. ``cfg.docker_package == "docker-ce"``
     """
@@ -57,7 +61,6 @@ def base(cfg: HostConfig) -> list:
     else:
         docker_pkgs = ["docker.io", "apparmor"]
     apt.packages(name=f"Install Docker ({cfg.docker_package})", packages=docker_pkgs)
-    systemd.service(name="Enable and start Docker", service="docker.service", running=True, enabled=True)
 
     existing = host.get_fact(JsonFile, path=DAEMON_JSON)
     current = existing.get("data", {}) if existing.get("valid") else {}
@@ -82,12 +85,23 @@ def base(cfg: HostConfig) -> list:
                          commands=["nvidia-ctk runtime configure --runtime=docker"])
 
     files.directory(name="Create /etc/docker", path="/etc/docker", mode="755")
-    merged = dockerconfig.merge(current, dockerconfig.ours(cfg))
+    record = host.get_fact(JsonFile, path=DAEMON_OPTIONS_RECORD)
+    before = record.get("data", {}) if record.get("valid") else {}
+    wanted = dockerconfig.ours(cfg)
+    merged = dockerconfig.merge(current, wanted, retired=before)
+    options = json.loads(json.dumps(dict(cfg.docker_daemon_options)))
     if existing.get("exists") and merged == current:
         host.noop("/etc/docker/daemon.json already has every vlmfleet key")
+        daemon = None
+    else:
+        daemon = files.put(name="Merge vlmfleet's keys into /etc/docker/daemon.json", dest=DAEMON_JSON, mode="644",
+                           src=StringIO(dockerconfig.render(merged)))
+    files.directory(name=f"Create {STATE_DIR}", path=STATE_DIR, mode="755")
+    files.put(name="Record the daemon.json options vlmfleet set", dest=DAEMON_OPTIONS_RECORD, mode="644",
+              src=StringIO(dockerconfig.render(options)))
+    systemd.service(name="Enable and start Docker", service="docker.service", running=True, enabled=True)
+    if daemon is None:
         return []
-    daemon = files.put(name="Merge vlmfleet's keys into /etc/docker/daemon.json", dest=DAEMON_JSON, mode="644",
-                       src=StringIO(dockerconfig.render(merged)))
-    systemd.service(name="Restart Docker after a daemon.json change", service="docker.service", restarted=True,
-                    _if=daemon.did_change)
-    return []
+    restart = systemd.service(name="Restart Docker after a daemon.json change", service="docker.service",
+                              restarted=True, _if=daemon.did_change)
+    return [restart]

@@ -57,7 +57,12 @@ def host_config() -> tuple[HostConfig | None, list[Problem]]:
         ssh_port = int(data.get("ssh_port") or 22) if ssh else None
     except (TypeError, ValueError):
         ssh_port = 22
-    return config.build(host.name, data, sources=data_sources(), ssh_port=ssh_port, profile_groups=profile_groups())
+    override = host.inventory.get_override_data()
+    beneath = {k: v for k, v in data.items() if k not in override}
+    beneath.update({k: v for k, v in {**host.inventory.get_data(), **host.inventory.get_groups_data(host.groups),
+                                      **host.inventory.get_host_data(host.name)}.items() if k in override})
+    return config.build(host.name, data, sources=data_sources(), ssh_port=ssh_port, profile_groups=profile_groups(),
+                        beneath=beneath)
 
 
 # ---- operations ------------------------------------------------------------------------------------------

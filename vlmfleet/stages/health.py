@@ -69,7 +69,7 @@ def health(cfg: HostConfig, plan: Plan, react_to: list) -> None:
         host.noop(f"{cfg.service} is already healthy on port {cfg.api_port}")
     result = paths.health_result
     check = server.shell(
-        name=f"Check {cfg.service}: /health, /v1/models, chat (text, image), /metrics (deadline {deadline}s)",
+        name="Check the server: /health, /v1/models, chat (text, image), /metrics (within its deadline)",
         commands=[f"{health_command(cfg, plan.version.metrics, deadline)} > {result}.tmp && mv {result}.tmp {result}"],
         _if=must_check,
     )
@@ -87,4 +87,4 @@ def health(cfg: HostConfig, plan: Plan, react_to: list) -> None:
                     f"{r.get('text_latency_s')}s, image {r.get('image_latency_s')}s; plan: {p.get('gpus')}, tp "
                     f"{p.get('tp')}, {p.get('kv_capacity_tokens')} KV tokens")
 
-    python.call(name=f"Report {cfg.service} health", function=report, _if=check.did_change)
+    python.call(name="Report the server's health", function=report, _if=check.did_change)

@@ -3,12 +3,14 @@ before anything changes."""
 
 from __future__ import annotations
 
-from pyinfra import host
+import ipaddress
+
+from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.facts.server import LinuxDistribution
 
 from ..config import HostConfig, Problem
-from ..facts import DockerImage, FreeBytes, GpuQuery, GpuTopology, JsonFile
+from ..facts import DockerImage, FreeBytes, GpuQuery, GpuTopology, HostAddresses, JsonFile
 from ..preflight import HostFacts, Verdict, check
 from .common import DAEMON_JSON, fail_host
 
@@ -25,6 +27,8 @@ def gather_facts(cfg: HostConfig) -> HostFacts:
         cfg_fact = host.get_fact(JsonFile, path=paths.config_json)
         config_json = cfg_fact.get("data") if cfg_fact.get("valid") else None
     gpu = host.get_fact(GpuQuery) or {}
+    bind = ipaddress.ip_address(cfg.api_bind)
+    addresses = None if bind.is_unspecified or bind.is_loopback else host.get_fact(HostAddresses)
     return HostFacts(
         os_id=(meta.get("ID") or str(dist.get("name") or "")).lower() or None,
         os_version=meta.get("VERSION_ID"),
@@ -38,6 +42,7 @@ def gather_facts(cfg: HostConfig) -> HostFacts:
         daemon_json=host.get_fact(JsonFile, path=DAEMON_JSON),
         config_json=config_json,
         config_path=f"{host.name}:{paths.config_json}",
+        addresses=addresses,
     )
 
 
@@ -55,6 +60,10 @@ def preflight(cfg: HostConfig | None, problems: list[Problem]) -> Verdict:
     else:
         v = check(cfg, gather_facts(cfg))
     if v.problems:
+        # Said now, while planning, so --dry and the confirmation prompt show them; the operation fails the host
+        # (before any change) and says them again with the run's results.
+        for line in v.problems:
+            logger.warning(f"    [{host.name}] preflight: {line}")
         fail_host(name="Check the data and facts against the profile", reasons=v.problems)
     else:
         host.noop(f"preflight passed: {v.summary}")

@@ -30,13 +30,13 @@ def run_stages(only: list[str] | None = None) -> None:
     restart_for: list = []
     started: list = []
     if "base" in wanted:
-        base(cfg)
+        started += base(cfg)  # a dockerd restart restarts the vLLM container: the health stage checks it
     if "weights" in wanted:
         restart_for += weights(cfg, verdict.plan)
     if "image" in wanted:
         restart_for += image(cfg)
     if "service" in wanted:
-        started = service(cfg, verdict.plan, restart_for)
+        started += service(cfg, verdict.plan, restart_for)
     if "health" in wanted:
         health(cfg, verdict.plan, started)
 

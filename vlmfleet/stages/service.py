@@ -16,7 +16,7 @@ from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from ..config import HostConfig, service_files
+from ..config import STATE_DIR, UNIT_DIR, HostConfig, service_files
 from ..facts import VlmfleetUnits
 from ..planner import Plan
 from ..service import plan_record, render_unit
@@ -61,28 +61,28 @@ def service(cfg: HostConfig, plan: Plan, react_to: list) -> list:
                     user="root", group="root")
     files.directory(name=f"Create {paths.state_dir}", path=paths.state_dir, mode="755")
     if cfg.api_key_file:
-        env = secret_file(name=f"Install the API key for {cfg.service} (VLLM_API_KEY, 0600)", src=cfg.api_key_file,
+        env = secret_file(name="Install the server's API key (VLLM_API_KEY, 0600)", src=cfg.api_key_file,
                           dest=paths.env_file, line_format="VLLM_API_KEY={secret}")
-        secret_file(name=f"Install the health check's credentials for {cfg.service} (0600)", src=cfg.api_key_file,
+        secret_file(name="Install the health check's credentials (0600)", src=cfg.api_key_file,
                     dest=paths.auth_file, line_format="Authorization: Bearer {secret}")
     else:
-        env = files.put(name=f"Install {paths.env_file} (no API key: loopback or api_allow_unauthenticated)",
+        env = files.put(name="Install the server's env file (no API key: loopback or api_allow_unauthenticated)",
                         dest=paths.env_file, mode="600",
                         src=StringIO("# api_key_file is unset: this server accepts requests without a key\n"))
-        files.file(name=f"Remove {paths.auth_file}", path=paths.auth_file, present=False)
+        files.file(name="Remove the health check's credentials (no API key)", path=paths.auth_file, present=False)
 
-    files.put(name=f"Record the plan in {paths.plan_file} (restarts nothing)", src=StringIO(plan_record(cfg, plan)),
+    files.put(name=f"Record the plan in {STATE_DIR}/vllm-<profile>.plan.json (restarts nothing)", src=StringIO(plan_record(cfg, plan)),
               dest=paths.plan_file, mode="644")
-    unit = files.put(name=f"Install {paths.unit_path}", src=StringIO(render_unit(cfg, plan)), dest=paths.unit_path,
+    unit = files.put(name=f"Install the vLLM unit ({UNIT_DIR}/vllm-<profile>.service)", src=StringIO(render_unit(cfg, plan)), dest=paths.unit_path,
                      mode="644")
     systemd.daemon_reload(name="Reload systemd units (a unit changed)", _if=any_changed(unit, *retired))
 
     was_running = (host.get_fact(SystemdStatus) or {}).get(paths.unit_name, False)
-    start = systemd.service(name=f"Enable and start {paths.unit_name}", service=paths.unit_name, running=True,
+    start = systemd.service(name="Enable and start the vLLM unit", service=paths.unit_name, running=True,
                             enabled=True)
     if not was_running:
         host.noop(f"{paths.unit_name} was not running: started, no restart needed")
         return [start]
-    restart = systemd.service(name=f"Restart {paths.unit_name} (unit, key, image or weights changed)",
+    restart = systemd.service(name="Restart the vLLM unit (unit, key, image or weights changed)",
                               service=paths.unit_name, restarted=True, _if=any_changed(unit, env, *react_to))
     return [start, restart]

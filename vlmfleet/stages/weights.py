@@ -49,8 +49,7 @@ def weights(cfg: HostConfig, plan: Plan) -> list:
     if state.get("state") == "corrupt":
         host.noop(f"{paths.weights}: {', '.join(state.get('bad', []))} failed verification: fetching again")
     fetch = server.shell(
-        name=f"Fetch {w.source_repo(model, cfg.weights_source)} from {cfg.weights_source} ({cfg.endpoint()}) "
-             "and verify every file",
+        name="Fetch the profile's checkpoint and verify every file",
         commands=[w.fetch_command(cfg)],
     )
     return [fetch]
