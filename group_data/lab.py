@@ -11,13 +11,16 @@ from vlmfleet.lab.inventory import load as _load_lab
 __all__ = [
     "docker_package", "nvidia_runtime", "image_disk_gb", "weights_disk_gb",
     "docker_insecure_registries", "vllm_image", "hf_endpoint", "modelscope_endpoint", "git_lfs_url",
-    "pip_index_url", "api_key_file",
+    "pip_index_url", "api_key_file", "apt_timeout_s",
 ]
 
 # Only Debian's mirror is reachable from the lab: the distro's Docker engine.
 docker_package = "docker.io"
 # No GPU in the lab: no NVIDIA toolkit, no --gpus (both pinned by the --dry production plan test).
 nvidia_runtime = False
+# apt goes through the lab's apt-cacher-ng: a try that takes 3 minutes has hung (seen in the lab: apt's http
+# method idle with no connection); kill it and try again.
+apt_timeout_s = 180
 # The lab's images and weights are small.
 image_disk_gb = 1
 weights_disk_gb = 1.0

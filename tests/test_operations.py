@@ -325,3 +325,24 @@ def test_preflight_failure_command_runs(case):
     (command,) = op["commands"]
     proc = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=10)
     assert proc.returncode == 1 and proc.stderr.startswith("h1: ") and proc.stderr.count("\n") == 1
+
+
+def test_apt_update_is_bounded_and_retried_and_really_gives_up(tmp_path):
+    """The command kills a hung try and tries again, three times; a fake apt-get that hangs makes it fail in
+    bounded time with a line that says so (the real command, run by sh)."""
+    cmd = common.apt_update_command(2, tries=3)
+    assert cmd.startswith("for try in $(seq 1 3); do timeout -k 10 2 apt-get update -q && exit 0; ")
+    fake = tmp_path / "apt-get"
+    fake.write_text("#!/bin/sh\nsleep 30\n")
+    fake.chmod(0o755)
+    import os
+    import time
+
+    t0 = time.monotonic()
+    proc = subprocess.run(["sh", "-c", cmd.replace("sleep 5", "sleep 0")], capture_output=True, text=True,
+                          env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}, timeout=60)
+    assert proc.returncode == 1 and time.monotonic() - t0 < 20
+    assert proc.stderr.count("failed or hung for 2s") == 3 and "failed 3 times" in proc.stderr
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    ok = subprocess.run(["sh", "-c", cmd], env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    assert ok.returncode == 0

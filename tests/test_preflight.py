@@ -59,8 +59,8 @@ def test_not_enough_disk_for_weights_and_image():
 def test_planner_rejection_says_why_and_the_smallest_fix():
     v = run({**DATA, "vllm_tensor_parallel_size": 3})
     assert len(v.problems) == 2  # one line per problem: too few GPUs, heads that do not split
-    head = ("gpu1: profile qwen7b on 2xA10 (23028 MiB each, cc 8.6, pcie) with vLLM 0.33.0 is invalid (data key "
-            "'vllm_tensor_parallel_size'): tensor_parallel_size 3 ")
+    head = ("gpu1: profile qwen7b on 2xA10 (23028 MiB each, cc 8.6, pcie) with vLLM 0.33.0 is invalid: data key "
+            "'vllm_tensor_parallel_size': tensor_parallel_size 3 ")
     assert v.problems[0].startswith(head + "needs 3 GPUs, the host has 2")
     assert v.problems[1].startswith(head + "is invalid for qwen2.5-vl-7b-instruct")
     for line in v.problems:

@@ -409,6 +409,8 @@ SETTINGS: tuple[Setting, ...] = (
     # -- base
     Setting("docker_package", "docker-ce", "str", "docker-ce from Docker's apt repository, or the distro's "
             "docker.io", choices=("docker-ce", "docker.io")),
+    Setting("apt_timeout_s", 600, "int", "seconds one `apt-get update` may take before it is killed and tried "
+            "again (3 tries; apt has been seen to hang with no traffic)", check=_at_least(10, 86400)),
     Setting("docker_apt_url", "https://download.docker.com/linux/debian", "str", "Docker's apt repository "
             "(or a mirror of it)", check=_url),
     Setting("docker_data_root", "/var/lib/docker", "str", "where images are stored (checked for free disk)",

@@ -109,7 +109,7 @@ def _plan_problems(host: str, cfg: HostConfig, inv: Inventory, p: Plan) -> list[
                              "with its image"}.get(e.key)
             if own is None and corrected and "as shipped fits" not in fix:
                 own = f"{fix_text(corrected)} (makes it valid; it still does not fit this host: {fix})"
-            out.append(f"{head} is invalid ({where}): {e.message} — fix: {own or fix}")
+            out.append(f"{head} is invalid: {where}: {e.message} — fix: {own or fix}")
         return out
     reasons = "; ".join(n for n in p.notes if "KV" in n or "exceed" in n) or "the KV cache cannot hold one request"
     return [f"{head} does not fit: {reasons} — fix: {fix}"]

@@ -135,18 +135,25 @@ def host_state(lab: dict, host: str) -> str:
 
 
 @pytest.mark.parametrize("data, message", [
-    (["vllm_tensor_parallel_size=3"], "is invalid (data key 'vllm_tensor_parallel_size'): tensor_parallel_size 3 "
-                                      "is invalid for qwen2.5-vl-72b-instruct-awq"),
+    (["vllm_tensor_parallel_size=3"], "is invalid: data key 'vllm_tensor_parallel_size' (--data): "
+                                      "tensor_parallel_size 3 is invalid for qwen2.5-vl-72b-instruct-awq"),
     (["vllm_tensor_parallel_size=-2"], "data key 'vllm_tensor_parallel_size' = -2 (--data): must be between 1 and 64 "
-                                       "— fix: vllm_tensor_parallel_size = 1"),
+                                       "— fix: drop the --data vllm_tensor_parallel_size=... override (the "
+                                       "profile's value applies)"),
     (["vllm_max_modle_len=5"], "data key 'vllm_max_modle_len' = 5 (--data): is not a vlmfleet setting (did you mean "
                                "vllm_max_model_len?) — fix: rename it to vllm_max_model_len"),
-    (["api_port=http"], "data key 'api_port' = 'http' (--data): must be int, not str — fix: api_port = 8000"),
+    (["api_port=http"], "data key 'api_port' = 'http' (--data): must be int, not str — fix: drop the --data "
+                        "api_port=... override (default 8000)"),
     (["api_port=22"], "data key 'api_port' = 22 (--data): is this host's SSH port (ssh_port 22)"),
     (["vlm_stages="], "data key 'vlm_stages' = [] (--data): must name at least one stage"),
     (["image_registry_mirror=https://docker.m.daocloud.io"], "must be a registry host name (no scheme): the unit "
-                                                             "runs <mirror>/<image> — fix: image_registry_mirror = "
-                                                             "'docker.m.daocloud.io'"),
+                                                             "runs <mirror>/<image> — fix: drop the --data "
+                                                             "image_registry_mirror=... override"),
+    (['docker_daemon_options={"debug": "yes"}'], "'debug' must be a bool, not str 'yes' (dockerd would not start)"),
+    (["api_bind=10.77.0.99", "health_deadline_s=30"], "data key 'api_bind' = '10.77.0.99' (--data): is not an "
+                                                      "address of this host"),
+    (["model_dir=/var/lib/vlmfleet"], "data key 'model_dir' = '/var/lib/vlmfleet' (--data): must be a folder of "
+                                      "its own"),
     (['docker_daemon_options={"runtimes": "nvidia"}'], "'runtimes' must map names to objects"),
     (["api_key_file=", "api_bind=0.0.0.0"], "serves beyond this host without a key"),
 ])
@@ -200,14 +207,15 @@ def test_daemon_json_keys_set_by_someone_else_survive(deployed):
     current = json.loads(ssh(lab, h["name"], "sudo cat /etc/docker/daemon.json"))
     theirs = {**current, "log-opts": {"max-size": "10m"}, "insecure-registries": ["registry.example:5000"]}
     ssh(lab, h["name"], "sudo tee /etc/docker/daemon.json >/dev/null", input=json.dumps(theirs))
-    first = run_pyinfra("-y", "--limit", h["name"], "inventories/lab.py", "deploys/base.py")
+    first = run_pyinfra("-y", "--limit", h["name"], "inventories/lab.py", "deploys/vlm.py")
     rows = {r.operation: r for r in parse_results(first.stdout + first.stderr)}
     assert rows["Base | Merge vlmfleet's keys into /etc/docker/daemon.json"].changed == 1
     assert rows["Base | Restart Docker after a daemon.json change"].changed == 1
+    # the restart took the vLLM container with it: the health stage checked the server again
+    assert rows["Health | Check the server: /health, /v1/models, chat (text, image), /metrics (within its deadline)"].changed == 1
     merged = json.loads(ssh(lab, h["name"], "sudo cat /etc/docker/daemon.json"))
     assert merged["log-opts"] == {"max-size": "10m"}
     assert merged["insecure-registries"] == [lab["registry"], "registry.example:5000"]
     again = run_pyinfra("-y", "--limit", h["name"], "inventories/lab.py", "deploys/base.py")
     assert all(r.changed == 0 for r in parse_results(again.stdout + again.stderr))
-    run_pyinfra("-y", "--limit", h["name"], "inventories/lab.py", "deploys/vlm.py")  # back to healthy
     assert chat(lab, h, "ready?").status_code == 200

@@ -15,7 +15,7 @@ from pyinfra.operations.util import any_changed
 from .. import dockerconfig
 from ..config import STATE_DIR, HostConfig
 from ..facts import JsonFile
-from .common import DAEMON_JSON
+from .common import DAEMON_JSON, apt_update
 
 BASE_PACKAGES = ["ca-certificates", "curl", "gnupg", "git", "git-lfs", "python3-venv"]
 DOCKER_KEY = "/etc/apt/keyrings/docker.asc"
@@ -48,7 +48,9 @@ def base(cfg: HostConfig) -> list:
     meta = (host.get_fact(LinuxDistribution) or {}).get("release_meta") or {}
     os_id, codename = (meta.get("ID") or "debian").lower(), meta.get("VERSION_CODENAME") or "bookworm"
 
-    apt.packages(name="Install git-lfs and base tools", packages=BASE_PACKAGES, update=True, cache_time=3600)
+    apt_update(name="Update apt's package lists (bounded in time, 3 tries)", timeout_s=cfg.apt_timeout_s,
+               cache_time=3600)
+    apt.packages(name="Install git-lfs and base tools", packages=BASE_PACKAGES)
 
     if cfg.docker_package == "docker-ce":
         files.directory(name="Create /etc/apt/keyrings", path="/etc/apt/keyrings", mode="755")
@@ -56,7 +58,8 @@ def base(cfg: HostConfig) -> list:
                              dest=DOCKER_KEY, mode="644")
         repo = files.put(name="Add Docker's apt repository", dest="/etc/apt/sources.list.d/docker.list", mode="644",
                          src=StringIO(docker_repo_line(cfg.docker_apt_url, os_id, codename)))
-        apt.update(name="Update apt after adding Docker's repository", _if=any_changed(key, repo))
+        apt_update(name="Update apt after adding Docker's repository", timeout_s=cfg.apt_timeout_s,
+                   _if=any_changed(key, repo))
         docker_pkgs = ["docker-ce", "docker-ce-cli", "containerd.io"]
     else:
         docker_pkgs = ["docker.io", "apparmor"]
@@ -77,7 +80,7 @@ def base(cfg: HostConfig) -> list:
         nrepo = files.put(name="Add NVIDIA's container toolkit repository", mode="644",
                           dest="/etc/apt/sources.list.d/nvidia-container-toolkit.list",
                           src=StringIO(nvidia_repo_line(cfg.nvidia_toolkit_apt_url)))
-        apt.update(name="Update apt after adding NVIDIA's repository",
+        apt_update(name="Update apt after adding NVIDIA's repository", timeout_s=cfg.apt_timeout_s,
                    _if=any_changed(nkey, nrepo) if nkey else nrepo.did_change)
         apt.packages(name="Install the NVIDIA container toolkit", packages=["nvidia-container-toolkit"])
         if "nvidia" not in (current.get("runtimes") or {}):

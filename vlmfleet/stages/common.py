@@ -15,7 +15,8 @@ from pathlib import Path
 
 from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, operation
-from pyinfra.facts.files import Sha256File
+from pyinfra.facts.files import File, Sha256File
+from pyinfra.facts.server import Date
 
 from .. import config
 from ..config import STATE_DIR, HostConfig, Problem
@@ -100,3 +101,38 @@ def secret_file(src: str, dest: str, mode: str = "600", line_format: str = "{sec
     yield f'install -d -m 0755 {STATE_DIR} && install -d -m 0700 -o "${{SUDO_USER:-$(id -un)}}" {updir}'
     yield FileUploadCommand(BytesIO(body), dest, remote_temp_filename=f"{updir}/{want[:16]}")
     yield f"chown root:root {shlex.quote(dest)} && chmod {shlex.quote(mode)} {shlex.quote(dest)}"
+
+
+APT_UPDATE_STAMP = "/var/lib/apt/periodic/update-success-stamp"
+
+
+def apt_update_command(timeout_s: int, tries: int = 3) -> str:
+    """``apt-get update`` bounded in time and retried: apt has been seen to hang for good with no network
+    traffic (its http method idle), and a deploy must not wait forever on one host.
+
+    + timeout_s: each try's limit, e.g. 600; the try is killed after it (SIGTERM, then SIGKILL 10 s later)
+    """
+    return (f"for try in $(seq 1 {tries}); do timeout -k 10 {timeout_s} apt-get update -q && exit 0; "
+            f'echo "apt-get update: try $try of {tries} failed or hung for {timeout_s}s" >&2; sleep 5; done; '
+            f"echo 'apt-get update failed {tries} times: check the host can reach its apt sources' >&2; exit 1")
+
+
+@operation(is_idempotent=False)
+def apt_update(timeout_s: int, cache_time: int | None = None):
+    """Update apt's package lists, each try bounded by ``timeout_s`` (3 tries), skipped when they were updated
+    less than ``cache_time`` seconds ago (as pyinfra's ``apt.update`` does).
+
+    + timeout_s: e.g. ``cfg.apt_timeout_s``
+    + cache_time: e.g. 3600; None: always update
+    """
+    if cache_time:
+        stamp = host.get_fact(File, path=APT_UPDATE_STAMP)
+        if stamp and stamp.get("mtime"):
+            from datetime import datetime, timedelta, timezone
+
+            now = datetime.fromtimestamp(host.get_fact(Date).timestamp(), timezone.utc).replace(tzinfo=None)
+            if stamp["mtime"] > now - timedelta(seconds=cache_time):
+                host.noop("apt's package lists are already up to date")
+                return
+    yield apt_update_command(timeout_s)
+    yield f"mkdir -p {APT_UPDATE_STAMP.rsplit('/', 1)[0]} && touch {APT_UPDATE_STAMP}"
