@@ -299,7 +299,7 @@ class Setting:
     """One data key.
 
     + kind: str | int | float | bool | list | dict | any, "?" appended when None (unset) is allowed
-    + example: a value that passes every check, used in fixes when the value itself cannot be repaired
+    + example: a value that passes every check, shown in docs/data-keys.md for a key that is unset by default
     """
 
     key: str
@@ -311,9 +311,6 @@ class Setting:
     example: Any = None
     dangerous: bool = False
 
-    @property
-    def fix_value(self) -> Any:
-        return self.default if self.default is not None else self.example
 
 
 def _profile_choices() -> tuple[str, ...]:

@@ -17,6 +17,8 @@ def data_keys_table() -> str:
     for s in SETTINGS:
         default = repr(s.default).replace("|", "\\|")
         doc = s.doc + (" (" + sep.join(map(str, s.choices)) + ")" if s.choices else "")
+        if s.example is not None and not s.choices:
+            doc += f"; e.g. `{s.example!r}`"
         rows.append(f"| `{s.key}` | `{default}` | {'**' if s.dangerous else ''}{doc}{'**' if s.dangerous else ''} |")
     return "\n".join(rows) + "\n"
 
