@@ -47,3 +47,13 @@ def test_an_option_vlmfleet_set_and_no_longer_wants_is_taken_out_again():
     assert merge({"debug": True, "log-driver": "journald"}, {}, retired={"debug": True}) == {"log-driver": "journald"}
     assert merge({"debug": False}, {}, retired={"debug": True}) == {"debug": False}  # someone else's value now
     assert merge({"debug": True}, {"debug": True}, retired={"debug": True}) == {"debug": True}  # still wanted
+
+
+def test_list_items_vlmfleet_added_and_dropped_go_again_theirs_stay():
+    """An old registry mirror vlmfleet set goes when the data drops it; one someone else added stays."""
+    existing = {"registry-mirrors": ["https://new.example", "https://old.example", "https://theirs.example"],
+                "dns": ["1.1.1.1"]}
+    got = merge(existing, {"registry-mirrors": ["https://new.example"], "dns": ["8.8.8.8"]},
+                retired={"registry-mirrors": ["https://old.example"], "dns": ["1.1.1.1"]})
+    assert got == {"registry-mirrors": ["https://new.example", "https://theirs.example"], "dns": ["8.8.8.8"]}
+    assert merge({"insecure-registries": ["r:5000"]}, {}, retired={"insecure-registries": ["r:5000"]}) == {}

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import subprocess
 from contextlib import contextmanager
 from inspect import signature
@@ -111,8 +112,10 @@ def parse_commands(commands) -> list:
             command.src.seek(0)
             data = command.src.read()
             command.src.seek(0)
+            temp = str(command.remote_temp_filename)
+            assert re.fullmatch(r".*/[0-9a-f]{16}", temp), temp  # random: no fingerprint of the secret
             out.append(["upload", data.decode() if isinstance(data, bytes) else data, str(command.dest),
-                        command.remote_temp_filename])
+                        re.sub(r"[0-9a-f]{16}$", "<random>", temp)])
         else:
             raise AssertionError(f"unexpected command {command!r}")
     return out

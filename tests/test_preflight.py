@@ -120,9 +120,19 @@ def test_deadline_per_model_size():
 def test_a_daemon_json_data_root_elsewhere_than_docker_data_root():
     dj = {"exists": True, "valid": True, "data": {"data-root": "/data/docker"}}
     v = run(facts=replace(GOOD, daemon_json=dj))
-    assert v.problems == ["gpu1: /etc/docker/daemon.json keeps images in /data/docker, but docker_data_root is "
-                          "/var/lib/docker (the disk check looks there) — fix: docker_data_root = '/data/docker'"]
+    assert v.problems == ["gpu1: data key 'docker_data_root' = '/var/lib/docker': /etc/docker/daemon.json keeps images "
+                          "in /data/docker, so the disk check would measure the wrong place — fix: docker_data_root = "
+                          "'/data/docker'"]
     assert run({**DATA, "docker_data_root": "/data/docker"}, replace(GOOD, daemon_json=dj)).ok
+    # moving Docker's storage: the options say where, daemon.json still has the old place (the base stage moves it)
+    moved = {**DATA, "docker_data_root": "/data/d2", "docker_daemon_options": {"data-root": "/data/d2"}}
+    assert run(moved, replace(GOOD, daemon_json=dj)).ok
+    # a docker_data_root nobody tells dockerd about
+    v = run({**DATA, "docker_data_root": "/data/d2"})
+    assert v.problems == ["gpu1: data key 'docker_data_root' = '/data/d2': dockerd keeps images in /var/lib/docker "
+                          "(daemon.json sets no data-root), so the disk check would measure the wrong place — fix: "
+                          "docker_daemon_options = {'data-root': '/data/d2'} (moves Docker's storage there), or "
+                          "docker_data_root = '/var/lib/docker'"]
 
 
 def test_api_bind_must_be_an_address_of_the_host():

@@ -76,8 +76,25 @@ class Problem:
 
     def render(self, host: str) -> str:
         where = f" ({self.source})" if self.source else ""
-        value = "is unset" if self.value is None else f"= {self.value!r}"
-        return f"{host}: data key {self.key!r} {value}{where}: {self.why} — fix: {self.fix.render()}"
+        value = "is unset" if self.value is None else f"= {shown(self.key, self.value)}"
+        return f"{host}: data key {self.key!r} {value}{where}: {_redact(self.why)} — fix: {_redact(self.fix.render())}"
+
+
+_SECRETISH = re.compile(r"key|token|secret|pass|auth|cred", re.I)
+_USERINFO = re.compile(r"(://)[^/@\s'\"]+@")
+
+
+def _redact(text: str) -> str:
+    """Credentials in URLs (``https://user:pw@host``) become ``https://***@host``."""
+    return _USERINFO.sub(r"\1***@", text)
+
+
+def shown(key: str, value: Any) -> str:
+    """A value as a problem line shows it: never a secret. An unknown key that looks like one (``api_key``,
+    ``hf_token``) shows as '<hidden>'; credentials in URLs are masked."""
+    if key not in BY_KEY and _SECRETISH.search(key) and not key.endswith(("_file", "_dir")):
+        return "'<hidden>'"
+    return _redact(repr(value))
 
 
 class Bad(Exception):
@@ -484,9 +501,12 @@ def service_name(profile_id: str) -> str:
     return f"vllm-{profile_id.replace('_', '-')}"
 
 
+HUB_NAMES = ("docker.io", "index.docker.io", "registry-1.docker.io")
+
+
 def is_docker_hub(ref: str) -> bool:
     first = ref.split("/", 1)[0]
-    return "/" not in ref or ("." not in first and ":" not in first and first != "localhost")
+    return "/" not in ref or first in HUB_NAMES or ("." not in first and ":" not in first and first != "localhost")
 
 
 @dataclass(frozen=True)
@@ -527,7 +547,8 @@ class HostConfig:
         ``vllm/vllm-openai:v0.33.0`` + mirror ``docker.m.daocloud.io`` -> ``docker.m.daocloud.io/vllm/...``."""
         ref = self.vllm_image
         if self.image_registry_mirror and is_docker_hub(ref):
-            ref = f"{self.image_registry_mirror.rstrip('/')}/{ref}"
+            first, _, rest = ref.partition("/")
+            ref = f"{self.image_registry_mirror.rstrip('/')}/{rest if first in HUB_NAMES else ref}"
         if self.vllm_image_digest:
             ref = f"{ref.split('@')[0]}@{self.vllm_image_digest}"
         return ref
@@ -559,6 +580,10 @@ class HostConfig:
 
 SECRETS_DIR = f"{CONFIG_DIR}/secrets"
 HEALTH_DIR = f"{STATE_DIR}/health"
+#: the daemon.json keys vlmfleet merged last time (the base stage takes out what it no longer wants)
+DAEMON_JSON_RECORD = f"{STATE_DIR}/daemon-json-keys.json"
+#: where the SSH user uploads a secret before root moves it into place (root-owned parent: no planted symlink)
+UPLOAD_DIR = f"{STATE_DIR}/upload"
 
 
 def service_files(service: str) -> dict[str, str]:
@@ -709,8 +734,11 @@ def _closest(word: str, choices: list[str]) -> str | None:
 
 def _secret_file(key: str, path: str) -> tuple[str, Fix] | None:
     """A secret file named in data must exist on the control machine and hold a first line."""
-    p = Path(path).expanduser()
     unset = Fix(unset=(key,), text=f"write the secret into {path} (one line, mode 0600), or remove {key}")
+    try:
+        p = Path(path).expanduser()
+    except RuntimeError as exc:  # ~nosuchuser/...
+        return f"cannot be resolved ({exc})", unset
     try:
         if p.exists() and not p.is_file():
             return "is a folder, not a file", Fix(unset=(key,), text=f"point {key} at a one-line secret file "
@@ -758,7 +786,8 @@ def build(host: str, data: Mapping[str, Any], *, sources: Mapping[str, str] | No
             continue
         near = _closest(key, list(BY_KEY))
         bad(key, "is not a vlmfleet setting" + (f" (did you mean {near}?)" if near else ""),
-            Fix(unset=(key,), text=f"rename it to {near}" if near else f"remove {key} (docs/data-keys.md lists every key)"))
+            Fix(unset=(key,), text=f"remove {key}" + (f"; if you meant {near}, set that instead ({BY_KEY[near].doc[:60]}"
+                                                       "...)" if near else " (docs/data-keys.md lists every key)")))
     for s in SETTINGS:
         if s.key in data:
             found = _check_value(s, data[s.key])

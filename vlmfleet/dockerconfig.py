@@ -30,14 +30,24 @@ def ours(cfg: HostConfig) -> dict[str, Any]:
 
 
 def merge(existing: dict[str, Any], wanted: dict[str, Any], retired: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``existing`` with ``wanted`` merged in; nothing of ``existing`` is lost — except a top-level key vlmfleet
-    set itself last time (``retired``: the docker_daemon_options it merged) that it no longer wants and that
-    still holds the value vlmfleet gave it.
+    """``existing`` with ``wanted`` merged in; nothing someone else set is lost. What vlmfleet itself set last
+    time (``retired``, the previous run's ``wanted``) and no longer wants goes again: a top-level value still as
+    vlmfleet left it, and list items vlmfleet added (an old registry mirror) — a value someone changed since stays.
 
-    + retired: e.g. ``{"debug": "yes"}`` from the previous run's record
+    + retired: e.g. ``{"debug": True, "registry-mirrors": ["https://old.example"]}`` from the previous run's record
     """
-    out = {k: v for k, v in existing.items()
-           if not (retired and k in retired and k not in wanted and retired[k] == v)}
+    retired = retired or {}
+    out: dict[str, Any] = {}
+    for key, have in existing.items():
+        old = retired.get(key)
+        if isinstance(old, list) and isinstance(have, list):
+            keep = wanted.get(key) if isinstance(wanted.get(key), list) else []
+            have = [x for x in have if x not in old or x in keep]
+            if not have and key not in wanted:
+                continue
+        elif key in retired and key not in wanted and old == have:
+            continue
+        out[key] = have
     for key, value in wanted.items():
         have = out.get(key)
         if isinstance(value, list) and isinstance(have, list):

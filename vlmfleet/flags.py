@@ -50,7 +50,9 @@ def serve_args(plan: Plan, model_path: str, served_name: str, host: str = "0.0.0
         "--port", str(port),
         "--tensor-parallel-size", str(plan.tp),
         "--dtype", plan.dtype,
-        "--max-model-len", str(plan.max_model_len),
+        # -1 ("auto", 0.33): vLLM sizes it at startup; the planner's estimate stays in the plan record, so a
+        # planner update does not rewrite the unit
+        "--max-model-len", "auto" if plan.wish.max_model_len == -1 else str(plan.max_model_len),
         "--max-num-seqs", str(r.max_num_seqs),
         "--max-num-batched-tokens", str(r.max_num_batched_tokens),
         "--gpu-memory-utilization", f"{float(r.gpu_memory_utilization):.2f}",

@@ -562,6 +562,7 @@ def _plan_auto_len(m: Model, inv: Inventory, version: VllmVersion, wish: Wish, p
     best = largest_fitting_len(m, inv, version, wish)
     p = plan(m, inv, version, replace(wish, max_model_len=best or m.text.max_position_embeddings), propose)
     p.notes.append(f"max_model_len auto: {best or 'nothing'} fits")
+    p.wish = replace(p.wish, max_model_len=-1)  # as asked: the unit passes auto, vLLM sizes it at startup
     return p
 
 

@@ -44,10 +44,20 @@ class Verdict:
     plan: Plan | None = None
     inventory: Inventory | None = None
     summary: str = ""
+    weights_ready: bool = False  # verified weights of the profile are on the host
+    image_present: bool = False  # the image the unit runs is on the host
 
     @property
     def ok(self) -> bool:
         return not self.problems and self.plan is not None
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
 
 
 def select_gpus(inv: Inventory, devices) -> Inventory:
@@ -115,22 +125,42 @@ def _plan_problems(host: str, cfg: HostConfig, inv: Inventory, p: Plan) -> list[
     return [f"{head} does not fit: {reasons} — fix: {fix}"]
 
 
+DOCKER_DEFAULT_ROOT = "/var/lib/docker"
+
+
+def _data_root_problems(cfg: HostConfig, in_daemon_json) -> list[str]:
+    """docker_data_root must be where dockerd keeps images: the disk check measures it. dockerd's own choice is
+    docker_daemon_options' data-root (written by the base stage), else daemon.json's, else /var/lib/docker."""
+    wanted = cfg.docker_daemon_options.get("data-root")
+    actual = str(wanted or in_daemon_json or DOCKER_DEFAULT_ROOT).rstrip("/")
+    if actual == cfg.docker_data_root.rstrip("/"):
+        return []
+    where = cfg.where("docker_data_root")
+    if in_daemon_json and not wanted:
+        fix = f"docker_data_root = {str(in_daemon_json)!r}"
+        said = f"/etc/docker/daemon.json keeps images in {in_daemon_json}"
+    else:
+        fix = (f"docker_daemon_options = {{'data-root': {cfg.docker_data_root!r}}} (moves Docker's storage there), "
+               f"or docker_data_root = {DOCKER_DEFAULT_ROOT!r}")
+        said = f"dockerd keeps images in {actual} (daemon.json sets no data-root)"
+    return [f"{cfg.host}: data key 'docker_data_root' = {cfg.docker_data_root!r}{where}: {said}, so the disk check "
+            f"would measure the wrong place — fix: {fix}"]
+
+
 def check(cfg: HostConfig, facts: HostFacts) -> Verdict:
     """Every reason this host cannot take its profile, each one line: "<host>: <what> — fix: <how>"."""
     host = cfg.host
-    v = Verdict()
+    v = Verdict(weights_ready=facts.weights_ready, image_present=facts.image_present)
     dj = facts.daemon_json or {}
     if dj.get("exists") and not dj.get("valid"):
         v.problems.append(f"{host}: /etc/docker/daemon.json is not valid JSON ({dj.get('error')}) — fix: repair it; "
                           "vlmfleet merges its keys into that file and never overwrites one it cannot read")
-    root = (dj.get("data") or {}).get("data-root")
-    if root and str(root).rstrip("/") != cfg.docker_data_root.rstrip("/"):
-        v.problems.append(f"{host}: /etc/docker/daemon.json keeps images in {root}, but docker_data_root is "
-                          f"{cfg.docker_data_root} (the disk check looks there) — fix: docker_data_root = {str(root)!r}")
-    if facts.addresses is not None and cfg.api_bind not in facts.addresses:
-        bind = ipaddress.ip_address(cfg.api_bind)
+    v.problems += _data_root_problems(cfg, (dj.get("data") or {}).get("data-root"))
+    bind = ipaddress.ip_address(cfg.api_bind)
+    own_addresses = {ipaddress.ip_address(a) for a in facts.addresses or [] if _is_ip(a)}
+    if facts.addresses is not None and bind not in own_addresses:
         if not (bind.is_unspecified or bind.is_loopback):
-            own = [a for a in facts.addresses if not ipaddress.ip_address(a).is_loopback][:4]
+            own = [a for a in facts.addresses if _is_ip(a) and not ipaddress.ip_address(a).is_loopback][:4]
             v.problems.append(f"{host}: data key 'api_bind' = {cfg.api_bind!r}{cfg.where('api_bind')}: is not an "
                               f"address of this host (it has {', '.join(own) or 'only loopback'}): vLLM could not "
                               f"bind — fix: api_bind = '0.0.0.0' (every address)"

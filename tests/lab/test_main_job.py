@@ -141,7 +141,8 @@ def host_state(lab: dict, host: str) -> str:
                                        "— fix: drop the --data vllm_tensor_parallel_size=... override (the "
                                        "profile's value applies)"),
     (["vllm_max_modle_len=5"], "data key 'vllm_max_modle_len' = 5 (--data): is not a vlmfleet setting (did you mean "
-                               "vllm_max_model_len?) — fix: rename it to vllm_max_model_len"),
+                               "vllm_max_model_len?) — fix: remove vllm_max_modle_len; if you meant "
+                               "vllm_max_model_len, set that instead"),
     (["api_port=http"], "data key 'api_port' = 'http' (--data): must be int, not str — fix: drop the --data "
                         "api_port=... override (default 8000)"),
     (["api_port=22"], "data key 'api_port' = 22 (--data): is this host's SSH port (ssh_port 22)"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from io import StringIO
 
 from pyinfra import host
@@ -13,15 +12,15 @@ from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from .. import dockerconfig
-from ..config import STATE_DIR, HostConfig
+from ..config import DAEMON_JSON_RECORD, STATE_DIR, HostConfig
 from ..facts import JsonFile
 from .common import DAEMON_JSON, apt_update
 
 BASE_PACKAGES = ["ca-certificates", "curl", "gnupg", "git", "git-lfs", "python3-venv"]
 DOCKER_KEY = "/etc/apt/keyrings/docker.asc"
 NVIDIA_KEY = "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
-#: the docker_daemon_options vlmfleet merged last time: what it may take out again
-DAEMON_OPTIONS_RECORD = f"{STATE_DIR}/daemon-json-options.json"
+#: the daemon.json keys (and list items) vlmfleet merged last time: what it may take out again
+DAEMON_OPTIONS_RECORD = DAEMON_JSON_RECORD
 
 
 def docker_repo_line(url: str, os_id: str, codename: str) -> str:
@@ -92,7 +91,7 @@ def base(cfg: HostConfig) -> list:
     before = record.get("data", {}) if record.get("valid") else {}
     wanted = dockerconfig.ours(cfg)
     merged = dockerconfig.merge(current, wanted, retired=before)
-    options = json.loads(json.dumps(dict(cfg.docker_daemon_options)))
+    record_now = {k: v for k, v in wanted.items() if k != "runtimes"}  # the NVIDIA runtime is nvidia-ctk's too
     if existing.get("exists") and merged == current:
         host.noop("/etc/docker/daemon.json already has every vlmfleet key")
         daemon = None
@@ -100,8 +99,8 @@ def base(cfg: HostConfig) -> list:
         daemon = files.put(name="Merge vlmfleet's keys into /etc/docker/daemon.json", dest=DAEMON_JSON, mode="644",
                            src=StringIO(dockerconfig.render(merged)))
     files.directory(name=f"Create {STATE_DIR}", path=STATE_DIR, mode="755")
-    files.put(name="Record the daemon.json options vlmfleet set", dest=DAEMON_OPTIONS_RECORD, mode="644",
-              src=StringIO(dockerconfig.render(options)))
+    files.put(name="Record the daemon.json keys vlmfleet set", dest=DAEMON_OPTIONS_RECORD, mode="644",
+              src=StringIO(dockerconfig.render(record_now)))
     systemd.service(name="Enable and start Docker", service="docker.service", running=True, enabled=True)
     if daemon is None:
         return []

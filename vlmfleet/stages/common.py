@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import shlex
+from secrets import token_hex
 from io import BytesIO
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from pyinfra.facts.files import File, Sha256File
 from pyinfra.facts.server import Date
 
 from .. import config
-from ..config import STATE_DIR, HostConfig, Problem
+from ..config import STATE_DIR, UPLOAD_DIR, HostConfig, Problem
 
 DAEMON_JSON = "/etc/docker/daemon.json"
 
@@ -97,9 +98,10 @@ def secret_file(src: str, dest: str, mode: str = "600", line_format: str = "{sec
     # The SSH user uploads into a 0700 folder of its own; root moves it into dest, whose folder is 0700 too
     # (callers create it), so no other user can read the secret at any moment.
     # Not under /var/tmp: it is world-writable, and `install -d` follows a symlink someone planted there.
-    updir = f"{STATE_DIR}/upload"
+    updir = UPLOAD_DIR
     yield f'install -d -m 0755 {STATE_DIR} && install -d -m 0700 -o "${{SUDO_USER:-$(id -un)}}" {updir}'
-    yield FileUploadCommand(BytesIO(body), dest, remote_temp_filename=f"{updir}/{want[:16]}")
+    # a random temp name: a hash of the body would put a fingerprint of the secret into a command line
+    yield FileUploadCommand(BytesIO(body), dest, remote_temp_filename=f"{updir}/{token_hex(8)}")
     yield f"chown root:root {shlex.quote(dest)} && chmod {shlex.quote(mode)} {shlex.quote(dest)}"
 
 

@@ -18,10 +18,10 @@ from ..planner import Plan
 
 
 def health_url(cfg: HostConfig) -> str:
-    """Where the checker on the host reaches the server: loopback unless vLLM binds one address only."""
+    """Where the checker on the host reaches the server: the address vLLM binds (loopback when it binds all)."""
     bind = ipaddress.ip_address(cfg.api_bind)
-    if bind.is_unspecified or bind.is_loopback:
-        return f"http://127.0.0.1:{cfg.api_port}"
+    if bind.is_unspecified:
+        bind = ipaddress.ip_address("127.0.0.1" if bind.version == 4 else "::1")
     return f"http://[{bind}]:{cfg.api_port}" if bind.version == 6 else f"http://{bind}:{cfg.api_port}"
 
 

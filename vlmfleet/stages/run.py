@@ -6,8 +6,10 @@ changed that a later stage must react to comes back as its return value.
 
 from __future__ import annotations
 
+from pyinfra import host
+
 from ..config import STAGES
-from .common import host_config
+from .common import fail_host, host_config
 
 
 def run_stages(only: list[str] | None = None) -> None:
@@ -35,6 +37,16 @@ def run_stages(only: list[str] | None = None) -> None:
         restart_for += weights(cfg, verdict.plan)
     if "image" in wanted:
         restart_for += image(cfg)
+    missing = [what for what, there, stage in (("verified weights", verdict.weights_ready, "weights"),
+                                               ("image", verdict.image_present, "image"))
+               if not there and stage not in wanted]
+    if "service" in wanted and missing:
+        # e.g. deploys/service.py after a profile switch: retiring the old unit would leave nothing serving
+        fail_host(name="Check the service has what it runs", reasons=[
+            f"{host.name}: the service stage would start {cfg.service} without its {' and '.join(missing)} on the "
+            f"host (stages run: {', '.join(s for s in STAGES if s in wanted)}) — fix: run deploys/vlm.py first (or "
+            "add the weights and image stages to vlm_stages)"])
+        return
     if "service" in wanted:
         started += service(cfg, verdict.plan, restart_for)
     if "health" in wanted:

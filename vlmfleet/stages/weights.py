@@ -40,6 +40,8 @@ def weights(cfg: HostConfig, plan: Plan) -> list:
         files.directory(name=f"Create {paths.secrets_dir} (root only)", path=paths.secrets_dir, mode="700",
                         user="root", group="root")
         secret_file(name="Install the hub token (0600)", src=cfg.hf_token_file, dest=paths.token_file)
+    else:
+        files.file(name="Remove the hub token (hf_token_file is unset)", path=paths.token_file, present=False)
     files.directory(name=f"Create {cfg.model_dir}", path=cfg.model_dir, mode="755")
 
     state = host.get_fact(CommandJson, command=w.fetch_command(cfg, check=True)) or {"state": "missing"}

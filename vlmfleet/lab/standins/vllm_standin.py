@@ -75,7 +75,7 @@ def parse(argv):
         elif a == "--served-model-name":
             opts["served"] = val
         elif a == "--max-model-len":
-            opts["max_model_len"] = int(val)
+            opts["max_model_len"] = None if val in ("auto", "-1") else int(val)  # auto: the model's maximum
         elif a == "--tensor-parallel-size":
             opts["tp"] = int(val)
         elif a == "--limit-mm-per-prompt":
