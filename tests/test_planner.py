@@ -281,3 +281,19 @@ def test_v0_batched_tokens_fix_covers_both_floors():
                                                      max_num_batched_tokens=100))
     assert p.engine == "V0" and [e.key for e in p.errors] == ["max_num_batched_tokens", "max_num_batched_tokens"]
     assert p.proposal.changes == {"max_num_batched_tokens": 4096} and p.proposal.plan.verdict == "fits"
+
+
+def test_the_image_limit_warns_only_as_the_user_set_it():
+    """0.33's default of 999 images is vLLM's, not a wish: no warning for it; a limit the user set that cannot
+    fit warns, and so does one default-size image that cannot fit the length the user asked for."""
+    def image_warnings(wish):
+        return [str(w) for w in plan(M7, parse_spec("1xH100"), V033, wish).warnings if w.key == "limit_images"]
+
+    assert image_warnings(Wish()) == []
+    assert image_warnings(Wish(max_model_len=32768)) == []
+    assert image_warnings(Wish(max_model_len=32768, limit_images=5)) == [
+        "5 images of up to 16384 tokens each (81920) cannot fit one 32768-token prompt — fix: lower max_pixels, the "
+        "image limit, or raise max_model_len"]
+    assert image_warnings(Wish(max_model_len=8192)) == [
+        "one image of up to 16384 tokens cannot fit one 8192-token prompt — fix: lower max_pixels, the image limit, "
+        "or raise max_model_len"]

@@ -526,8 +526,11 @@ def plan(m: Model, inv: Inventory, version: VllmVersion, wish: Wish = Wish(), pr
                                 f"after allocating the KV cache, from the {1 - util:.0%} left over "
                                 f"({(total - budget) / GIB:.1f} GiB): capture may run out of memory",
                                 "lower gpu_memory_utilization or set enforce_eager"))
-    if n_img and n_img * img_tok > max_len:
-        what = f"{n_img} images of up to {img_tok} tokens each ({n_img * img_tok})" if n_img > 1 else \
+    # The image limit warns only as the user set it: an unset limit is the version's default (999 in 0.33), not
+    # a wish, so only "one image does not fit one prompt" applies then.
+    n_warn = n_img if wish.limit_images is not None else min(n_img, 1)
+    if n_warn and n_warn * img_tok > max_len:
+        what = f"{n_warn} images of up to {img_tok} tokens each ({n_warn * img_tok})" if n_warn > 1 else \
             f"one image of up to {img_tok} tokens"
         warnings.append(Finding("limit_images", f"{what} cannot fit one {max_len}-token prompt",
                                 "lower max_pixels, the image limit, or raise max_model_len"))
