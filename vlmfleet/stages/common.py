@@ -16,8 +16,8 @@ from pathlib import Path
 
 from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, operation
-from pyinfra.facts.files import File, Sha256File
-from pyinfra.facts.server import Date
+from pyinfra.facts.files import Sha256File
+from pyinfra.operations import apt
 
 from .. import config
 from ..config import STATE_DIR, UPLOAD_DIR, HostConfig, Problem
@@ -105,9 +105,6 @@ def secret_file(src: str, dest: str, mode: str = "600", line_format: str = "{sec
     yield f"chown root:root {shlex.quote(dest)} && chmod {shlex.quote(mode)} {shlex.quote(dest)}"
 
 
-APT_UPDATE_STAMP = "/var/lib/apt/periodic/update-success-stamp"
-
-
 def apt_update_command(timeout_s: int, tries: int = 3) -> str:
     """``apt-get update`` bounded in time and retried: apt has been seen to hang for good with no network
     traffic (its http method idle), and a deploy must not wait forever on one host.
@@ -122,19 +119,18 @@ def apt_update_command(timeout_s: int, tries: int = 3) -> str:
 @operation(is_idempotent=False)
 def apt_update(timeout_s: int, cache_time: int | None = None):
     """Update apt's package lists, each try bounded by ``timeout_s`` (3 tries), skipped when they were updated
-    less than ``cache_time`` seconds ago (as pyinfra's ``apt.update`` does).
+    less than ``cache_time`` seconds ago: pyinfra's own ``apt.update`` decides that (its stamp file, its noop),
+    only its unbounded ``apt-get update`` is replaced.
 
     + timeout_s: e.g. ``cfg.apt_timeout_s``
     + cache_time: e.g. 3600; None: always update
     """
-    if cache_time:
-        stamp = host.get_fact(File, path=APT_UPDATE_STAMP)
-        if stamp and stamp.get("mtime"):
-            from datetime import datetime, timedelta, timezone
-
-            now = datetime.fromtimestamp(host.get_fact(Date).timestamp(), timezone.utc).replace(tzinfo=None)
-            if stamp["mtime"] > now - timedelta(seconds=cache_time):
-                host.noop("apt's package lists are already up to date")
-                return
-    yield apt_update_command(timeout_s)
-    yield f"mkdir -p {APT_UPDATE_STAMP.rsplit('/', 1)[0]} && touch {APT_UPDATE_STAMP}"
+    stamp = None
+    for command in apt.update._inner(cache_time=cache_time):
+        if str(command) == "apt-get update":
+            yield apt_update_command(timeout_s)
+        else:
+            stamp = command
+            yield command
+    if stamp is None and cache_time is None:
+        yield f"touch {apt.APT_UPDATE_FILENAME}"  # as with a cache_time: the next cached update sees this one
