@@ -561,13 +561,15 @@ class HostConfig:
         return 1800 if self.model.params_b > 40 else 900
 
     @property
-    def loopback_only(self) -> bool:
-        return ipaddress.ip_address(self.api_bind).is_loopback
+    def binds_one_address(self) -> bool:
+        """vLLM binds one address of the host (not every address, not loopback): it must be one the host has."""
+        bind = ipaddress.ip_address(self.api_bind)
+        return not (bind.is_unspecified or bind.is_loopback)
 
     @property
     def wish_overrides(self) -> dict[str, Any]:
         """The planner overrides this host's data asks for (only those set)."""
-        return {wish: self.values[key] for key, wish in WISH_KEYS.items() if self.values.get(key) is not None}
+        return wish_overrides(self.values)
 
     @property
     def paths(self) -> RemotePaths:
@@ -617,6 +619,11 @@ WISH_KEYS = {
     "vllm_enforce_eager": "enforce_eager",
 }
 DATA_KEY_OF_WISH = {wish: key for key, wish in WISH_KEYS.items()}
+
+
+def wish_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Planner wish fields the data sets (``{"vllm_max_model_len": 16384}`` -> ``{"max_model_len": 16384}``)."""
+    return {wish: values[key] for key, wish in WISH_KEYS.items() if values.get(key) is not None}
 
 
 # ---- building --------------------------------------------------------------------------------------------
@@ -849,7 +856,7 @@ def _cross_checks(v: dict[str, Any], data: Mapping[str, Any], bad, ssh_port: int
                 "inventory, or set vlm_profile = 'qwen7b' in its host data"))
         return
     m = model(profile(v["vlm_profile"]).model_id)
-    wish = {**profile(v["vlm_profile"]).wish, **{w: v[k] for k, w in WISH_KEYS.items() if v[k] is not None}}
+    wish = {**profile(v["vlm_profile"]).wish, **wish_overrides(v)}
     version = vllm_version(v["vllm_version"])
 
     # -- the image and its version

@@ -156,15 +156,14 @@ def check(cfg: HostConfig, facts: HostFacts) -> Verdict:
         v.problems.append(f"{host}: /etc/docker/daemon.json is not valid JSON ({dj.get('error')}) — fix: repair it; "
                           "vlmfleet merges its keys into that file and never overwrites one it cannot read")
     v.problems += _data_root_problems(cfg, (dj.get("data") or {}).get("data-root"))
-    bind = ipaddress.ip_address(cfg.api_bind)
     own_addresses = {ipaddress.ip_address(a) for a in facts.addresses or [] if _is_ip(a)}
-    if facts.addresses is not None and bind not in own_addresses:
-        if not (bind.is_unspecified or bind.is_loopback):
-            own = [a for a in facts.addresses if _is_ip(a) and not ipaddress.ip_address(a).is_loopback][:4]
-            v.problems.append(f"{host}: data key 'api_bind' = {cfg.api_bind!r}{cfg.where('api_bind')}: is not an "
-                              f"address of this host (it has {', '.join(own) or 'only loopback'}): vLLM could not "
-                              f"bind — fix: api_bind = '0.0.0.0' (every address)"
-                              + (f" or api_bind = {own[0]!r}" if own else ""))
+    if facts.addresses is not None and cfg.binds_one_address and \
+            ipaddress.ip_address(cfg.api_bind) not in own_addresses:
+        own = [a for a in facts.addresses if _is_ip(a) and not ipaddress.ip_address(a).is_loopback][:4]
+        v.problems.append(f"{host}: data key 'api_bind' = {cfg.api_bind!r}{cfg.where('api_bind')}: is not an "
+                          f"address of this host (it has {', '.join(own) or 'only loopback'}): vLLM could not "
+                          f"bind — fix: api_bind = '0.0.0.0' (every address)"
+                          + (f" or api_bind = {own[0]!r}" if own else ""))
     if (facts.os_id, facts.os_version) not in SUPPORTED_OS:
         v.problems.append(f"{host}: OS {facts.os_id} {facts.os_version} is not supported — fix: use Debian 12/13 "
                           "or Ubuntu 22.04/24.04")

@@ -3,8 +3,6 @@ before anything changes."""
 
 from __future__ import annotations
 
-import ipaddress
-
 from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.facts.server import LinuxDistribution
@@ -27,8 +25,7 @@ def gather_facts(cfg: HostConfig) -> HostFacts:
         cfg_fact = host.get_fact(JsonFile, path=paths.config_json)
         config_json = cfg_fact.get("data") if cfg_fact.get("valid") else None
     gpu = host.get_fact(GpuQuery) or {}
-    bind = ipaddress.ip_address(cfg.api_bind)
-    addresses = None if bind.is_unspecified or bind.is_loopback else host.get_fact(HostAddresses)
+    addresses = host.get_fact(HostAddresses) if cfg.binds_one_address else None
     return HostFacts(
         os_id=(meta.get("ID") or str(dist.get("name") or "")).lower() or None,
         os_version=meta.get("VERSION_ID"),
