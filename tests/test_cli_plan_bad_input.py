@@ -22,6 +22,13 @@ def run(capsys, *args):
     return rc, out, err
 
 
+def plan_json(capsys, gpus: str, flags: str, *extra: str):
+    """``vlmfleet plan --gpus GPUS [EXTRA] --format json --from-command "vllm serve MODEL FLAGS"``: (exit status,
+    the plan as JSON, stderr)."""
+    rc, out, err = run(capsys, "--gpus", gpus, *extra, "--format", "json", "--from-command", f"{CMD} {flags}")
+    return rc, json.loads(out), err
+
+
 def fill(text: str, files: dict) -> str:
     """``text`` with each {name} of ``files`` replaced by its path (other braces, e.g. JSON, left alone)."""
     for name, path in files.items():
@@ -121,12 +128,10 @@ def test_bad_input_is_one_line_naming_the_option_and_exit_2(capsys, files, args,
     ("0.33.0", "--chunked-prefix-reserve-ratio 0.2"), ("0.8.2", "--chunked-prefix-reserve-ratio 0.2"),
 ])
 def test_a_flag_the_version_does_not_have_is_invalid_exit_4(capsys, version, flag):
-    rc, out, err = run(capsys, "--gpus", "1xA10", "--vllm", version, "--format", "json", "--from-command",
-                       f"{CMD} --max-model-len 8192 {flag}")
+    rc, data, err = plan_json(capsys, "1xA10", f"--max-model-len 8192 {flag}", "--vllm", version)
     name = flag.split()[0]
     assert rc == 4
     assert f"command: {name} does not exist in vLLM {version}" in err
-    data = json.loads(out)
     assert data["verdict"] == "invalid"
     assert data["errors"] == [f"{name} does not exist in vLLM {version} — fix: drop it"]
     assert data["proposal"]["changes"] == {"drop": [name]} and data["proposal"]["verdict"] == "fits"
@@ -140,9 +145,7 @@ def test_the_table_says_invalid_and_why(capsys):
 
 
 def test_a_value_the_version_refuses_is_invalid_and_rendered_afresh(capsys):
-    rc, out, _ = run(capsys, "--gpus", "1xA10", "--format", "json", "--from-command",
-                     f"{CMD} --max-model-len 8192 --limit-mm-per-prompt image=5,video=0")
-    data = json.loads(out)
+    rc, data, _ = plan_json(capsys, "1xA10", "--max-model-len 8192 --limit-mm-per-prompt image=5,video=0")
     assert rc == 4 and data["verdict"] == "invalid"
     assert data["errors"][0].startswith("--limit-mm-per-prompt expects JSON")
     assert data["proposal"]["changes"] == {"rewrite": ["--limit-mm-per-prompt"]}
@@ -151,9 +154,7 @@ def test_a_value_the_version_refuses_is_invalid_and_rendered_afresh(capsys):
 
 
 def test_out_of_range_values_in_a_command_are_invalid_exit_4(capsys):
-    rc, out, _ = run(capsys, "--gpus", "1xA10", "--format", "json", "--from-command",
-                     f"{CMD} --max-model-len 8192 --tensor-parallel-size -2")
-    data = json.loads(out)
+    rc, data, _ = plan_json(capsys, "1xA10", "--max-model-len 8192 --tensor-parallel-size -2")
     assert rc == 4 and data["verdict"] == "invalid"
     assert data["errors"] == ["tensor_parallel_size -2 is invalid: it must be a whole number from 1 to 64 — fix: tp >= 1"]
     assert data["memory_per_gpu_bytes"]["weights"] > 0 and data["proposal"]["changes"] == {"tp": 1}
@@ -167,9 +168,7 @@ def test_secrets_and_trust_remote_code_stay_warnings(capsys):
 
 
 def test_inline_flag_values_are_read(capsys):
-    rc, out, _ = run(capsys, "--gpus", "2xA10", "--format", "json", "--from-command",
-                     f"{CMD} --tensor-parallel-size=2 --max-model-len=16k")
-    data = json.loads(out)
+    rc, data, _ = plan_json(capsys, "2xA10", "--tensor-parallel-size=2 --max-model-len=16k")
     assert rc == 0 and data["tp"] == 2 and data["resolved"]["max_model_len"] == 16000
 
 
