@@ -59,7 +59,7 @@ BAD = [
     ({"vllm_max_model_len": cli("abc")}, "vllm_max_model_len", "must be int, not str"),
     ({"vllm_max_model_len": 200000}, "vllm_max_model_len", "exceeds qwen2.5-vl-7b-instruct's max_position_embeddings"),
     ({"vllm_max_model_len": -1, "vllm_version": "0.8.2", "vllm_image": "vllm/vllm-openai:v0.8.2"},
-     "vllm_max_model_len", "needs vLLM 0.33"),
+     "vllm_max_model_len", "needs vLLM 0.14 or later"),
     ({"vllm_max_num_seqs": -4}, "vllm_max_num_seqs", "between 1 and 65536"),
     ({"vllm_max_num_seqs": 0}, "vllm_max_num_seqs", "between 1 and 65536"),
     ({"vllm_max_num_batched_tokens": -100}, "vllm_max_num_batched_tokens", "between 1 and 1048576"),

@@ -2,8 +2,10 @@
 
 tests/fixtures/gpu/h100-device/ holds the real bytes tools/capture_gpu_facts.sh captured on an NVIDIA H100 80GB
 HBM3 (driver 580.159.04): the preflight query's CSV, `nvidia-smi topo -m`, and the JSON that
-`vlmfleet plan --gpus local` printed there. After changing the planner's constants, capture again on a GPU
-machine (`tools/capture_gpu_facts.sh tests/fixtures/gpu/h100-device`).
+`vlmfleet plan --gpus local` printed there. What the facts decide (the inventory, CUDA's total, tp, dtype,
+engine, KV bytes per token, the verdict) must come out the same from the fixture; the KV figures are those of
+the planner at capture time (issue 7), since revised by the memory model per vLLM behaviour (issue 8), and are
+not compared. No H100 has been lent since; the H200 capture (h200-device) is current.
 """
 
 import json
@@ -26,7 +28,11 @@ def test_fixture_reproduces_the_live_plan(model, version):
          "--max-model-len", "32768", "--max-num-seqs", "16", "--limit-images", "5", "--limit-videos", "0",
          "--max-pixels", "1003520", "--format", "json"], capture_output=True, text=True)
     assert proc.returncode in (0, 4), proc.stderr
-    assert json.loads(proc.stdout) == live
+    now = json.loads(proc.stdout)
+    for key in ("gpus", "vllm", "engine", "verdict", "tp", "dtype", "quantization", "kv_bytes_per_token_per_gpu",
+                "image_tokens_max", "errors", "config_source"):
+        assert now[key] == live[key], key
+    assert now["memory_per_gpu_bytes"]["total"] == live["memory_per_gpu_bytes"]["total"]
 
 
 def test_live_facts_are_a_real_h100():
@@ -35,8 +41,11 @@ def test_live_facts_are_a_real_h100():
     ctx = json.loads((FIX / "cuda-context.json").read_text())
     # CUDA's total is nvidia-smi's minus what the driver reserves: the catalog's reserved_mib for H100
     assert (81559 * 2**20 - ctx["total_bytes"]) / 2**20 == pytest.approx(480, abs=1)
-    # CUDA context + cuBLAS outside PyTorch's allocator: the planner's non_torch_gib (0.7) covers it
-    assert (ctx["used_after_context_and_cublas_bytes"] - ctx["torch_allocated_bytes"]) / 2**30 < 0.7
+    # CUDA context + cuBLAS outside PyTorch's allocator: the planner's context_gib + cublas_gib (0.68) covers it
+    from vlmfleet.catalog import estimates
+    e = estimates()
+    assert (ctx["used_after_context_and_cublas_bytes"] - ctx["torch_allocated_bytes"]) / 2**30 <= \
+        e["context_gib"] + e["cublas_gib"]
 
 
 def _fact(text: str, name: str):
@@ -70,7 +79,8 @@ def test_preflight_on_the_h100_is_reproduced_from_its_facts(profile):
                       gpu_topo=_fact(text, "vlmfleet.facts.GpuTopology"))
     v = check(config_for("@local", {"vlm_profile": profile, "api_bind": "127.0.0.1"}, ssh_port=None), facts)
     assert v.ok
-    assert f"[@local] noop: preflight passed: {v.summary}" in live
+    # the line up to the verdict: the KV token count after it is the planner's of the time (see the docstring)
+    assert f"[@local] noop: preflight passed: {v.summary.split(' fits, ')[0]} fits, " in live
 
 
 H200 = Path(__file__).parent / "fixtures" / "gpu" / "h200-device"

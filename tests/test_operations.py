@@ -315,10 +315,11 @@ def test_preflight_on_the_h100_reads_each_fact_once():
 
 
 def test_preflight_noop_matches_the_live_h100_run():
-    """The noop planned from the H100's facts is the line the live ``pyinfra @local`` run printed."""
+    """The noop planned from the H100's facts is the line the live ``pyinfra @local`` run printed, up to its KV
+    token count (the planner's of that time: tests/test_live_gpu_fixture.py says why)."""
     live = (Path(__file__).parent / "fixtures/gpu/h100-device/pyinfra-local-preflight-qwen7b.txt").read_text()
     (noop,) = load("stage.preflight/h100_passes.json")["noops"]
-    assert f"[@local] noop: {noop}\n" in live
+    assert f"[@local] noop: {noop.split(' fits, ')[0]} fits, " in live
 
 
 @pytest.mark.parametrize("case", ["stage.preflight/driver_not_loaded.json", "stage.preflight/bad_data.json"])

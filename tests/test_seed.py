@@ -26,7 +26,7 @@ def test_every_seed_deployment_is_evaluated(rows):
 def test_verdicts(rows):
     assert {k: r.plan.verdict for k, r in rows.items()} == {
         "7b-1xA10": "does not fit", "7b-2xA10": "fits", "7b-4xT4-awq": "invalid", "72b-awq-4gpu": "fits",
-        "72b-awq-4xA100-40": "fits", "72b-awq-8xT4": "invalid"}
+        "72b-awq-4xA100-40": "fits", "72b-awq-8xT4": "fits"}
 
 
 def test_one_a10_at_the_default_128k_context(rows):
@@ -42,12 +42,14 @@ def test_awq_flag_on_the_bf16_7b_is_the_error(rows):
     assert "--quantization" not in r.corrected_args()
 
 
-def test_fp8_kv_on_t4_is_the_error_and_the_fix_drops_it(rows):
+def test_fp8_kv_on_t4_is_a_warning_in_0_8_2_and_an_error_in_0_33(rows):
     r = rows["72b-awq-8xT4"]
-    assert [e.key for e in r.plan.errors] == ["kv_cache_dtype"]
-    assert r.plan.proposal.changes == {"kv_cache_dtype": "auto"}
+    assert r.plan.errors == []  # 0.8.2 does not refuse it: V0 + XFormers, no compute-capability check
+    assert [w.key for w in r.plan.warnings if "fp8" in w.message] == ["kv_cache_dtype"]
     args = r.corrected_args()
-    assert "--kv-cache-dtype" not in args and args[args.index("--quantization") + 1] == "awq"
+    assert args[args.index("--quantization") + 1] == "awq"
+    r33 = {x.seed.id: x for x in seed_rows(V033)}["72b-awq-8xT4"]
+    assert [e.key for e in r33.plan.errors if e.key == "kv_cache_dtype"] == ["kv_cache_dtype"]
 
 
 def test_api_key_in_argv_is_flagged_and_never_rendered(rows):
@@ -104,7 +106,10 @@ def test_plan_command_makes_refused_flags_invalid_but_the_seed_table_does_not():
     p = plan_command(parsed, parse_spec("2xA10"), V082)
     assert p.verdict == "invalid" and [e.key for e in p.errors] == ["flags"]
     assert p.proposal.changes == {"drop": ["--foo-bar"]} and p.proposal.plan.verdict == "fits"
-    assert seed_rows(V033)[1].plan.verdict == "fits"  # its 0.8.2 k=v limits are refused by 0.33: still planned
+    p33 = seed_rows(V033)[1].plan  # its 0.8.2 k=v limits are refused by 0.33: still planned, at 0.33's defaults
+    assert "flags" not in [e.key for e in p33.errors]
+    # 0.33 profiles one dummy video of 14 frames at 128k whatever the video limit: 114,688 tokens
+    assert p33.mm_profile.modality == "video" and p33.mm_profile.item_tokens == 114688
 
 
 def test_parse_command_reads_inline_values_and_size_suffixes():

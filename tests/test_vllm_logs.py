@@ -15,7 +15,7 @@ KEYS = {"id", "url", "source_title", "vllm_version", "engine", "gpu", "gpu_count
 
 
 def numbers_in(text: str) -> set[float]:
-    return {round(float(n), 6) for n in re.findall(r"(?<![\w.])\d+(?:\.\d+)?", text.replace(",", ""))}
+    return {round(float(n), 6) for n in re.findall(r"(?<![\w.])-?\d+(?:\.\d+)?", text.replace(",", ""))}
 
 
 @pytest.mark.parametrize("path", LOGS, ids=[p.stem for p in LOGS])

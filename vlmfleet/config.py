@@ -880,8 +880,8 @@ def _cross_checks(v: dict[str, Any], data: Mapping[str, Any], bad, ssh_port: int
             Fix({"vllm_max_num_batched_tokens": max(seqs, 2048)}) if key == "vllm_max_num_batched_tokens"
             else Fix({"vllm_max_num_seqs": batched}))
     max_len = wish.get("max_model_len")
-    if max_len == -1 and not version.version.startswith("0.33"):
-        bad("vllm_max_model_len", f"-1 (auto) needs vLLM 0.33; vllm_version is {version.version}",
+    if max_len == -1 and not version.memory.max_model_len_auto:
+        bad("vllm_max_model_len", f"-1 (auto) needs vLLM 0.14 or later; vllm_version is {version.version}",
             Fix({"vllm_max_model_len": 8192}))
     elif max_len and max_len > m.text.max_position_embeddings:
         bad("vllm_max_model_len", f"exceeds {m.id}'s max_position_embeddings {m.text.max_position_embeddings}",

@@ -58,7 +58,7 @@ def serve_args(plan: Plan, model_path: str, served_name: str, host: str = "0.0.0
         "--gpu-memory-utilization", f"{float(r.gpu_memory_utilization):.2f}",
         "--limit-mm-per-prompt", limit_mm_value(v, int(r.limit_images), int(r.limit_videos)),
     ]
-    if int(r.max_pixels) != int(v.defaults["max_pixels"]):
+    if int(r.max_pixels) != v.default_max_pixels:
         args += ["--mm-processor-kwargs", json.dumps({"max_pixels": int(r.max_pixels)}, separators=(",", ":"))]
     if r.kv_cache_dtype != "auto":
         args += ["--kv-cache-dtype", r.kv_cache_dtype]
@@ -66,8 +66,8 @@ def serve_args(plan: Plan, model_path: str, served_name: str, host: str = "0.0.0
         args += ["--quantization", plan.quantization]
     if r.enforce_eager:
         args.append("--enforce-eager")
-    if v.version.startswith("0.8."):
-        args.append("--disable-log-requests")  # prompts stay out of the journal (0.33 logs none by default)
+    if v.tables == "0.8.2":  # 0.8.2 and the versions planned with its flag table; 0.33 logs no requests by default
+        args.append("--disable-log-requests")  # prompts stay out of the journal
     return args
 
 

@@ -228,47 +228,159 @@ def gpu_kind(name: str) -> GpuKind:
 
 
 # ---- vLLM versions ---------------------------------------------------------------------------------------
+def version_key(version: str) -> tuple[int, ...]:
+    """``0.9.0.1`` → (0, 9, 0, 1); ``v0.8.5.post1`` → (0, 8, 5): release numbers only, for range look-ups."""
+    v = version.strip().lstrip("v")
+    nums = re.match(r"^(\d+(?:\.\d+)*)", v)
+    if not nums:
+        raise CatalogError(f"vLLM version {version!r} is not a version number; give one like 0.8.2 or 0.33.0")
+    return tuple(int(x) for x in nums.group(1).split("."))
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """How one vLLM version sizes memory: every ``memory:`` behaviour of catalog/vllm.yaml resolved for it.
+
+    + version: the version asked for, e.g. ``0.9.2``
+    + read: behaviour name → the vLLM file (and the range) its value was read from, for plans and docs
+    """
+
+    version: str
+    engine: str  # V0 | V1: what `vllm serve` runs by default
+    v0_fallback: tuple[str, ...]  # cc_below_8, fp8_kv_without_fa3
+    non_torch_charged_v1: tuple[str, ...]  # of: context, cublas, nccl
+    non_torch_charged_v0: tuple[str, ...]
+    startup_free_check: bool
+    cudagraph_charged: bool
+    default_gpu_memory_utilization: float
+    limit_per_modality: dict[str, int]  # per engine
+    scheduler_v1: dict[str, Any]
+    scheduler_v0: dict[str, Any]
+    mm_dummy_seq_len: str  # max_num_batched_tokens | max_model_len
+    mm_items: str  # ceil | floor
+    video_count: str  # limit | one
+    video_frames_after_images: bool
+    max_frames_per_video: int
+    limit_mm_syntax: str  # kv | json
+    auto_dtype_fallback: bool
+    max_model_len_auto: bool
+    read: dict[str, str] = field(default_factory=dict)
+
+    def non_torch_charged(self, engine: str) -> tuple[str, ...]:
+        return self.non_torch_charged_v1 if engine == "V1" else self.non_torch_charged_v0
+
+
+def memory_span() -> tuple[str, str]:
+    span = _load("vllm.yaml")["memory_span"]
+    return str(span["first"]), str(span["last"])
+
+
+@lru_cache(maxsize=None)
+def behaviour(version: str) -> Behaviour:
+    """The memory behaviour of vLLM ``version`` (any release from memory_span's first to its last)."""
+    key = version_key(version)
+    first, last = memory_span()
+    if not version_key(first) <= key[:3] <= version_key(last):
+        raise CatalogError(f"vLLM {version} is outside the span the planner knows ({first} to {last}); "
+                           f"plan with a version in it, e.g. --vllm {last}")
+    values: dict[str, Any] = {}
+    read: dict[str, str] = {}
+    for name, changes in _load("vllm.yaml")["memory"].items():
+        ordered = sorted(changes, key=lambda c: version_key(str(c["since"])))
+        chosen = ordered[0]
+        for c in ordered:
+            if version_key(str(c["since"])) <= key:
+                chosen = c
+        value = chosen["value"]
+        values[name] = tuple(value) if isinstance(value, list) else value
+        where = chosen.get("read", "")
+        read[name] = f"since {chosen['since']}" + (f": {where}" if where else "") + \
+            (f" (changed between {chosen['bisect']})" if chosen.get("bisect") else "")
+    values["default_gpu_memory_utilization"] = float(values["default_gpu_memory_utilization"])
+    values["max_frames_per_video"] = int(values["max_frames_per_video"])
+    return Behaviour(version=version.strip().lstrip("v"), read=read, **values)
+
+
 @dataclass(frozen=True)
 class VllmVersion:
+    """A vLLM version the planner can plan. Catalog versions (``versions:`` in vllm.yaml) have images, CUDA, a
+    minimum driver and a flag table; any other version in the memory span borrows those tables from the nearest
+    catalog version (``tables``) and says so (``has_flag_table`` False)."""
+
     version: str
     cuda: str
     min_driver: str
     torch: str
     images: tuple[str, ...]
-    limit_mm_syntax: str  # "kv" (image=5,video=5) or "json"
-    default_gpu_memory_utilization: float
-    counts_cudagraph_memory: bool
     kv_cache_dtypes: tuple[str, ...]
     removed_flags: tuple[str, ...]
-    defaults: dict[str, Any] = field(default_factory=dict)
-    max_frames_per_video: int = 16
-    video_frames_after_images: bool = True
+    memory: Behaviour
     metrics: tuple[str, ...] = ()
     notes: str = ""
+    tables: str = ""  # the catalog version whose flag table, kv dtypes, fp8 and metric lists this one uses
+    has_flag_table: bool = True
+
+    @property
+    def default_gpu_memory_utilization(self) -> float:
+        return self.memory.default_gpu_memory_utilization
+
+    @property
+    def counts_cudagraph_memory(self) -> bool:
+        return self.memory.cudagraph_charged
+
+    @property
+    def limit_mm_syntax(self) -> str:
+        return self.memory.limit_mm_syntax
+
+    @property
+    def max_frames_per_video(self) -> int:
+        return self.memory.max_frames_per_video
+
+    @property
+    def default_max_pixels(self) -> int:
+        """Qwen2.5-VL's processor default, the same in every version: 12,845,056 pixels = 16,384 tokens."""
+        return 12845056
 
 
 def vllm_versions() -> dict[str, VllmVersion]:
+    """The catalog versions: the ones with images, a CUDA and a flag table (what a deploy can run)."""
     out = {}
     for k, v in _load("vllm.yaml")["versions"].items():
         out[str(k)] = VllmVersion(
             version=str(k), cuda=str(v["cuda"]), min_driver=str(v["min_driver"]), torch=str(v["torch"]),
-            images=tuple(v["images"]), limit_mm_syntax=v["limit_mm_syntax"],
-            default_gpu_memory_utilization=float(v["default_gpu_memory_utilization"]),
-            counts_cudagraph_memory=bool(v["counts_cudagraph_memory"]),
-            kv_cache_dtypes=tuple(v["kv_cache_dtypes"]), removed_flags=tuple(v.get("removed_flags", ())),
-            defaults=dict(v.get("defaults", {})), max_frames_per_video=int(v["max_frames_per_video"]),
-            video_frames_after_images=bool(v["video_frames_after_images"]), metrics=tuple(v["metrics"]),
-            notes=v.get("notes", ""),
+            images=tuple(v["images"]), kv_cache_dtypes=tuple(v["kv_cache_dtypes"]),
+            removed_flags=tuple(v.get("removed_flags", ())), memory=behaviour(str(k)),
+            metrics=tuple(v["metrics"]), notes=v.get("notes", ""), tables=str(k),
         )
     return out
 
 
 def vllm_version(version: str) -> VllmVersion:
+    """A catalog version (``0.8.2``, ``v0.33.0``): what group data may deploy."""
     versions = vllm_versions()
     v = version.strip().lstrip("v")
     if v not in versions:
         raise CatalogError(f"vLLM {version!r} is not in the catalog; known: {', '.join(versions)}")
     return versions[v]
+
+
+def planning_version(version: str) -> VllmVersion:
+    """Any vLLM version the memory model spans (``0.9.2``, ``0.23.0``): a catalog version as it is, another one
+    with its own memory behaviour and the flag table, kv dtypes and metrics of the nearest catalog version."""
+    versions = vllm_versions()
+    v = version.strip().lstrip("v")
+    if v in versions:
+        return versions[v]
+    mem = behaviour(v)
+    key = version_key(v)
+    below = [c for c in versions if version_key(c) <= key]
+    near = max(below, key=version_key) if below else min(versions, key=version_key)
+    base = versions[near]
+    return replace(base, version=v, cuda="", min_driver="", torch="", images=(), memory=mem, tables=near,
+                   has_flag_table=False, removed_flags=(),
+                   notes=f"not a catalog version: memory planned from its own behaviour; no flag table, so the "
+                         f"command is rendered with {mem.limit_mm_syntax} limits and not checked; kv dtypes and "
+                         f"fp8 support as in {near}")
 
 
 @dataclass(frozen=True)
@@ -289,9 +401,10 @@ def profile(profile_id: str) -> Profile:
     return all_profiles[profile_id]
 
 
-def overheads() -> dict[str, float]:
-    """Memory the planner adds outside weights and KV cache (documented in vllm.yaml)."""
-    return {k: float(v) for k, v in _load("vllm.yaml")["overheads"].items()}
+def estimates() -> dict[str, Any]:
+    """What the planner estimates where vLLM measures (documented in vllm.yaml ``estimates``)."""
+    raw = _load("vllm.yaml")["estimates"]
+    return {k: ({kk: float(vv) for kk, vv in v.items()} if isinstance(v, dict) else float(v)) for k, v in raw.items()}
 
 
 def driver_at_least(driver: str, minimum: str) -> bool:
