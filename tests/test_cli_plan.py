@@ -59,7 +59,7 @@ def test_from_command_plans_a_pasted_line():
 @pytest.mark.parametrize("args, message", [
     (["--gpus", "4xV100"], "vlmfleet plan: error: GPU spec '4xV100': unknown GPU 'V100'"),
     (["--gpus", "4xT4", "--model", "llama"], "vlmfleet plan: error: unknown model 'llama'"),
-    (["--gpus", "4xT4", "--vllm", "0.5.0"], "vlmfleet plan: error: vLLM '0.5.0' is not in the catalog"),
+    (["--gpus", "4xT4", "--vllm", "0.5.0"], "vlmfleet plan: error: vLLM 0.5.0 is outside the span the planner knows (0.7.2 to 0.33.0)"),
     ([], "vlmfleet plan: error: give --gpus COUNTxKIND"),
     (["--gpus", "1xA10", "--config", "/nonexistent/config.json"], "vlmfleet plan: error: config.json not found"),
 ])

@@ -66,4 +66,4 @@ def test_bad_nvidia_smi_output_is_explained():
     with pytest.raises(InventoryError, match="mixed GPU kinds on one host"):
         parse_nvidia_smi("0, Tesla T4, 15360, 7.5, 550.1\n1, NVIDIA L4, 23034, 8.9, 550.1\n")
     with pytest.raises(InventoryError, match="not in the GPU catalog"):
-        parse_nvidia_smi("0, NVIDIA GeForce RTX 4090, 24564, 8.9, 550.1\n")
+        parse_nvidia_smi("0, NVIDIA GeForce RTX 3090, 24576, 8.6, 550.1\n")

@@ -94,11 +94,14 @@ def replay(log: dict[str, Any]) -> Row:
     if log.get("not_comparable"):
         return Row(log, None, log["not_comparable"])
     try:
-        m = model(log["model"].split(" ")[0])
+        m = model(log.get("catalog_model") or log["model"].split(" ")[0])
         inv = inventory(log)
         version = planning_version(log["vllm_version"])
     except CatalogError as exc:
         return Row(log, None, str(exc))
+    if log.get("replay_weights") == "logged":  # a checkpoint the planner cannot size: its logged weights
+        return Row(log, evaluate(m, inv, version, replace(wish(log), quantization=None),
+                                 loaded_weights=int(log["logged"]["model_loading_gib"] * GIB)))
     return Row(log, evaluate(m, inv, version, wish(log)))
 
 
@@ -139,7 +142,8 @@ def markdown(all_rows: list[Row]) -> str:
         p = r.plan
         m = p.memory
         out.append(f"- **{r.log['id']}**: budget {m.budget / GIB:.2f} = {m.total / GIB:.2f} × "
-                   f"{p.resolved.gpu_memory_utilization:.2f}; weights {m.weights / GIB:.2f} (logged "
+                   f"{p.resolved.gpu_memory_utilization:.2f}; weights {m.weights / GIB:.2f}"
+                   f"{' (taken from the log: ' + r.log['model'] + ')' if r.log.get('replay_weights') == 'logged' else ''} (logged "
                    f"{_f(r.log['logged'].get('model_loading_gib'))}); activation {m.activation / GIB:.2f} (logged "
                    f"{_f(r.log['logged'].get('activation_peak_gib'))}); non-torch charged {m.non_torch / GIB:.2f} "
                    f"(logged {_f(r.log['logged'].get('non_torch_gib'))}); CUDA graphs "

@@ -214,13 +214,13 @@ def _plot_target(path: str) -> str:
 
 def _plan(args: argparse.Namespace) -> int:
     from . import report
-    from .catalog import CatalogError, model, vllm_version
+    from .catalog import CatalogError, model, planning_version
     from .planner import plan
     from .seed import parse_command, plan_command, seed_rows
 
     wish = _wish(args)
     try:
-        version = vllm_version(args.vllm)
+        version = planning_version(args.vllm)
     except CatalogError as exc:
         raise UsageError(str(exc)) from None
     if args.seed_table:

@@ -177,8 +177,14 @@ def resolve(m: Model, inv: Inventory, version: VllmVersion, wish: Wish) -> tuple
 
 
 # ---- one wish, one verdict ---------------------------------------------------------------------------------
-def evaluate(m: Model, inv: Inventory, version: VllmVersion, wish: Wish = Wish()) -> Plan:
-    """The plan for exactly ``wish``: validity, memory, verdict. No proposal (``plan`` adds the ladder's)."""
+def evaluate(m: Model, inv: Inventory, version: VllmVersion, wish: Wish = Wish(),
+             loaded_weights: int | None = None, profile_len: int | None = None) -> Plan:
+    """The plan for exactly ``wish``: validity, memory, verdict. No proposal (``plan`` adds the ladder's).
+
+    + loaded_weights: bytes per GPU as vLLM logged them ("Model loading took"), for replaying a log of a
+      checkpoint the planner cannot size (bitsandbytes, GPTQ); None = computed from the architecture
+    + profile_len: the length vLLM profiles at when it differs from max_model_len (``auto``: the model's 128000)
+    """
     if wish.max_model_len == -1:
         return _evaluate_auto_len(m, inv, version, wish)
     errors = wish_problems(wish)
@@ -191,23 +197,24 @@ def evaluate(m: Model, inv: Inventory, version: VllmVersion, wish: Wish = Wish()
         notes.append(f"vLLM {version.version} has no flag table in the catalog: memory follows its own behaviours "
                      f"(catalog/vllm.yaml memory:), the command is not checked against its parser")
     return _with_memory(m, inv, version, wish, replace(resolved, kv_cache_dtype=valid.kv_cache_dtype), engine,
-                        valid.dtype, valid.quantization, errors, warnings, notes)
+                        valid.dtype, valid.quantization, errors, warnings, notes, loaded_weights, profile_len)
 
 
 def _with_memory(m: Model, inv: Inventory, version: VllmVersion, wish: Wish, r: Wish, engine: str, dtype: str,
-                 quant: str | None, errors: list[Finding], warnings: list[Finding], notes: list[str]) -> Plan:
+                 quant: str | None, errors: list[Finding], warnings: list[Finding], notes: list[str],
+                 loaded_weights: int | None = None, profile_len: int | None = None) -> Plan:
     b = version.memory
     tp = int(r.tp)
     dbytes = DTYPE_BYTES[dtype]
     total = (inv.memory_mib - inv.kind.reserved_mib) * 1024**2  # CUDA's total, what vLLM multiplies
     util = float(r.gpu_memory_utilization)
     budget = int(total * util)
-    weights = mm.loaded_weight_bytes(weight_bytes(m, tp))
+    weights = loaded_weights if loaded_weights is not None else mm.loaded_weight_bytes(weight_bytes(m, tp))
     img_tok = image_tokens(m, int(r.max_pixels))
     max_len, batched, seqs = int(r.max_model_len), int(r.max_num_batched_tokens), int(r.max_num_seqs)
     n_img, n_vid = int(r.limit_images), int(r.limit_videos)
-    prof = mm.mm_profile(b, engine, max_len=max_len, batched=batched, seqs=seqs, n_img=n_img, n_vid=n_vid,
-                         img_tok=img_tok)
+    prof = mm.mm_profile(b, engine, max_len=profile_len or max_len, batched=batched, seqs=seqs, n_img=n_img,
+                         n_vid=n_vid, img_tok=img_tok)
     mm_tokens = prof.tokens
     outputs = mm_tokens * m.text.hidden * dbytes  # encoder outputs kept while the decoder's dummy pass runs
     enc = mm.encoder_bytes(m, tp, mm_tokens, dbytes) + outputs if mm_tokens else 0
@@ -280,16 +287,20 @@ def _limit_warnings(wish: Wish, r: Wish, img_tok: int, max_len: int, prof: mm.Mm
 
 
 def _evaluate_auto_len(m: Model, inv: Inventory, version: VllmVersion, wish: Wish) -> Plan:
-    """``--max-model-len auto``: the largest length that fits (versions that have it), planned as that length."""
+    """``--max-model-len auto`` (-1): vLLM profiles at the model's length (128000: the dummy video and the items
+    per prompt are sized for it), then serves the largest length its KV cache holds. The plan does the same,
+    with the length its reserve-adjusted capacity holds (a multiple of 256)."""
     if not version.memory.max_model_len_auto:
         p = evaluate(m, inv, version, replace(wish, max_model_len=None))
         p.errors.insert(0, Finding("max_model_len", f"--max-model-len auto does not exist in vLLM {version.version} "
                                    "(from 0.14)", "give a number"))
         return p
-    from .ladder import largest_fitting_len
-    best = largest_fitting_len(m, inv, version, replace(wish, max_model_len=None))
-    p = evaluate(m, inv, version, replace(wish, max_model_len=best or m.text.max_position_embeddings))
-    p.notes.append(f"max_model_len auto: {best or 'nothing'} fits")
+    full = m.text.max_position_embeddings
+    at_full = evaluate(m, inv, version, replace(wish, max_model_len=full))
+    best = min(full, at_full.safe_capacity_tokens // 256 * 256)
+    p = evaluate(m, inv, version, replace(wish, max_model_len=best or full), profile_len=full) if best else at_full
+    p.notes.append(f"max_model_len auto: profiled at the model's {full}; " +
+                   (f"{best} fits" if best else "nothing fits"))
     p.wish = replace(p.wish, max_model_len=-1)  # as asked: the unit passes auto, vLLM sizes it at startup
     return p
 

@@ -40,10 +40,21 @@ def breakdown_rows(p: Plan) -> list[tuple[str, str, str]]:
         ("profiling peak", _gib(mem.activation),
          f"encoder {_gib(mem.encoder_peak)} on {p.profile_mm_tokens} mm tokens, decoder {_gib(mem.lm_peak)} "
          f"on {r.max_num_batched_tokens} tokens (estimate)"),
-        ("non-torch", _gib(mem.non_torch), "CUDA context" + (", NCCL" if p.tp > 1 else "") + " (estimate)"),
+        ("non-torch", _gib(mem.non_torch), _non_torch_note(p)),
         ("CUDA graphs", _gib(mem.cudagraph), graphs_note + " (estimate)"),
         ("KV cache", _gib(mem.kv_cache), f"{p.kv_capacity_tokens} tokens"),
+        ("reserve", _gib(mem.margin), f"kept for the estimates: 'fits' trusts {p.safe_capacity_tokens} tokens"),
     ]
+
+
+def _non_torch_note(p: Plan) -> str:
+    """Which non-torch memory this version charges (catalog memory: non_torch_charged_*), and what it does not."""
+    charged = [x for x in p.version.memory.non_torch_charged(p.engine) if x != "nccl" or p.tp > 1]
+    names = {"context": "CUDA context", "cublas": "cuBLAS", "nccl": "NCCL"}
+    parts = ", ".join(names[x] for x in charged) or "nothing"
+    rest = (p.memory.non_torch_total - p.memory.non_torch) / 2**30
+    return f"charged by {p.version.version}: {parts}" + (f"; {rest:.2f} more not charged" if rest > 0.005 else "") + \
+        " (estimate)"
 
 
 def text(p: Plan) -> str:

@@ -136,7 +136,8 @@ def parse_command(command: str, version: VllmVersion) -> ParsedCommand:
         raise ValueError(f"not a `vllm serve MODEL ...` command: {command!r}")
     if tokens[2].startswith("-"):
         raise ValueError(f"the model must follow `vllm serve` (vllm serve MODEL --flag ...), not {tokens[2]!r}")
-    problems = check(tokens, version.version)
+    # a version without a flag table (vlmfleet plan --vllm 0.9.2) is not checked: the plan notes it
+    problems = check(tokens, version.version) if version.has_flag_table else []
     findings = [Finding("flags", p) for p in problems]
     refused = [Finding("flags", p, "drop it" if _dropped(p) else f"write it as vLLM {version.version} expects")
                for p in problems]

