@@ -102,10 +102,21 @@ def test_the_gpu_fact_on_a_real_h200_and_the_preflight_it_fed():
     for profile in ("qwen7b", "qwen72b_awq"):
         v = check(config_for("@local", {"vlm_profile": profile, "api_bind": "127.0.0.1"}, ssh_port=None), facts)
         live = (H200 / f"pyinfra-local-preflight-{profile}.txt").read_text()
-        # the run was recorded before reserved_mib was calibrated on that H200 (768 -> 615 MiB): the verdict and
-        # the plan's shape are the same, the KV tokens grew with the measured total
-        head = v.summary.split(": fits,")[0]
-        assert v.ok and f"[@local] noop: preflight passed: {head}: fits, " in live
+        assert v.ok and f"[@local] noop: preflight passed: {v.summary}\n" in live and live.endswith("rc=0\n")
+
+
+@pytest.mark.parametrize("model, version", CASES)
+def test_the_h200_capture_reproduces_the_live_plan(model, version):
+    """tools/capture_gpu_facts.sh ran the current planner on the lent H200 (`vlmfleet plan --gpus local`): the
+    saved facts give exactly the plan it printed there."""
+    live = json.loads((H200 / f"plan-{model}-{version}.json").read_text())
+    proc = subprocess.run(
+        [sys.executable, "-m", "vlmfleet.cli", "plan", "--nvidia-smi-csv", str(H200 / "nvidia-smi-query.csv"),
+         "--nvidia-smi-topo", str(H200 / "nvidia-smi-topo.txt"), "--model", model, "--vllm", version,
+         "--max-model-len", "32768", "--max-num-seqs", "16", "--limit-images", "5", "--limit-videos", "0",
+         "--max-pixels", "1003520", "--format", "json"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == live
 
 
 def test_bad_data_on_the_h200_failed_before_any_change():
