@@ -13,13 +13,6 @@ LOGS = ROOT / "tests" / "fixtures" / "vllm-logs"
 ROWS = calibration.rows(LOGS)
 COMPARED = [r for r in ROWS if r.plan]
 
-#: Rows whose available-KV figure the planner does not reproduce, each with what is known. Kept explicit so that a
-#: model change which fixes one fails here until it is taken off the list.
-OUTSIDE_TOLERANCE = {
-    "vllm-16570-a100-40g-tp4-72b-v0-oom": "vLLM logged a 2.51 GiB activation peak for a text-only 5120-token "
-    "profiling pass of the 72B at tp 4; the planner's per-token count gives 0.55 (it matches the 7B at tp 4, "
-    "0.28 vs 0.32 logged). The verdict still agrees: the reserve of 6 % of the weights per GPU covers it.",
-}
 
 
 def test_the_collection_spans_what_the_issue_asks():
@@ -33,11 +26,8 @@ def test_the_planner_agrees_with_vllm_on_each_log(row):
     assert row.agrees, f"{row.log['id']}: vLLM {row.log['outcome']}, the planner says {row.plan.verdict}"
     if row.error is None:
         return  # the log has a verdict but no available-KV figure (an OOM during profiling)
-    if row.log["id"] in OUTSIDE_TOLERANCE:
-        assert not row.within, f"{row.log['id']} is now within tolerance: take it off OUTSIDE_TOLERANCE"
-    else:
-        assert row.within, (f"{row.log['id']}: planned {row.planned_kv:.2f} GiB of KV, vLLM logged "
-                            f"{row.logged_kv:.2f} (error {row.error:+.2f}, tolerance {row.tolerance:.2f})")
+    assert row.within, (f"{row.log['id']}: planned {row.planned_kv:.2f} GiB of KV, vLLM logged "
+                        f"{row.logged_kv:.2f} (error {row.error:+.2f}, tolerance {row.tolerance:.2f})")
 
 
 def test_what_fits_trusts_is_never_more_than_vllm_had():

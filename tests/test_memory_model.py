@@ -48,7 +48,8 @@ def test_every_change_names_the_vllm_file_it_was_read_from():
     for name, changes in _load("vllm.yaml")["memory"].items():
         for c in changes[1:]:  # the first entry is the starting value of the span
             assert "vllm/" in c.get("read", ""), f"{name} since {c['since']}: no vLLM file named"
-        assert all("since" in c and "value" in c for c in changes), name
+        assert all(set(c) <= {"since", "value", "read", "bisect"} and {"since", "value"} <= set(c)
+                   for c in changes), name  # a comma in an unquoted read splits it into a stray key
 
 
 def test_the_span_is_planned_and_beyond_it_is_refused():
@@ -214,3 +215,9 @@ def test_auto_length_profiles_at_the_models_length_first():
     assert auto.mm_profile.item_tokens == 114688 and auto.max_model_len < 128000
     assert auto.max_model_len % 256 == 0 and auto.verdict == "fits"
     assert auto.max_model_len <= auto.safe_capacity_tokens
+
+
+def test_the_planner_page_carries_the_behaviour_table_and_the_example_as_generated():
+    from vlmfleet.docs import REPO, planner_page
+    assert (REPO / "docs/planner.md").read_text() == planner_page(), \
+        "docs/planner.md is stale: regenerate it with `.venv/bin/python -m vlmfleet.docs`"

@@ -244,7 +244,10 @@ def test_values_vllm_refuses_are_invalid_and_corrected(change, key, message, fix
     assert p.verdict == "invalid" and [e.key for e in p.errors] == [key]
     assert p.errors[0].message.startswith(message)
     assert p.memory.weights == plan(M7, parse_spec("1xA10"), V033, CHAT).memory.weights  # counted as unset
-    assert p.proposal.changes == fixed and p.proposal.plan.verdict == "fits"
+    changes = p.proposal.changes
+    assert {k: changes[k] for k in fixed} == fixed and p.proposal.plan.verdict == "fits"
+    # the correction first; where the corrected value (256 seqs) no longer fits, the ladder's next step
+    assert set(changes) - set(fixed) <= {"gpu_memory_utilization"}
 
 
 @pytest.mark.parametrize("max_model_len", [0, -5])

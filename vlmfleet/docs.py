@@ -42,7 +42,54 @@ def data_keys_page() -> str:
     )
 
 
-PAGES = {"docs/data-keys.md": data_keys_page}
+def behaviours_table() -> str:
+    """catalog/vllm.yaml ``memory:`` as a table: each behaviour, its values by version, and where each was read."""
+    from .catalog import _load
+    rows = ["| behaviour | value from each version on | read from |", "|---|---|---|"]
+    for name, changes in _load("vllm.yaml")["memory"].items():
+        values = "; ".join(f"{c['since']}: `{_show(c['value'])}`" for c in changes)
+        read = "; ".join(f"{c['since']}: {c['read']}" + (f" (changed between {c['bisect']})" if c.get("bisect") else "")
+                         for c in changes if c.get("read"))
+        rows.append(f"| `{name}` | {values} | {read.replace('|', '/')} |")
+    return "\n".join(rows) + "\n"
+
+
+def _show(value) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_show(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_show, value)) + "]" if value else "none"
+    return str(value)
+
+
+def with_generated(text: str, marker: str, body: str) -> str:
+    """``text`` with the part between ``<!-- marker:begin -->`` and ``<!-- marker:end -->`` replaced by ``body``."""
+    begin, end = f"<!-- {marker}:begin -->\n", f"<!-- {marker}:end -->"
+    head, rest = text.split(begin, 1)
+    return head + begin + body + end + rest.split(end, 1)[1]
+
+
+EXAMPLE = ["--model", "qwen2.5-vl-72b-instruct-awq", "--gpus", "8xT4", "--vllm", "0.8.2", "--max-model-len", "4096",
+           "--gpu-memory-utilization", "0.75"]
+
+
+def example_block() -> str:
+    """What ``vlmfleet plan`` prints for the example at the top of docs/planner.md."""
+    from . import report
+    from .catalog import model, vllm_version
+    from .gpus import parse_spec
+    from .planner import Wish, plan
+    p = plan(model(EXAMPLE[1]), parse_spec(EXAMPLE[3]), vllm_version(EXAMPLE[5]),
+             Wish(max_model_len=int(EXAMPLE[7]), gpu_memory_utilization=float(EXAMPLE[9])))
+    return "```\n" + report.text(p) + "```\n"
+
+
+def planner_page() -> str:
+    text = with_generated((REPO / "docs/planner.md").read_text(), "behaviours", behaviours_table())
+    return with_generated(text, "example", example_block())
+
+
+PAGES = {"docs/data-keys.md": data_keys_page, "docs/planner.md": planner_page}
 
 
 def main() -> int:

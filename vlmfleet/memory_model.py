@@ -68,6 +68,7 @@ class MmProfile:
     budget: int
     why: str
     seqs: int = 0  # V0: the sequences of the profiling batch (max_num_seqs shrunk to fit), whose rows are sampled
+    lm_tokens: int = 0  # V0: the decoder's dummy tokens when oversized dummies stretch them (0: max_num_batched_tokens)
 
     @property
     def tokens(self) -> int:
@@ -117,17 +118,22 @@ def mm_profile(b: Behaviour, engine: str, *, max_len: int, batched: int, seqs: i
 def _v0_profile(b: Behaviour, *, batched: int, seqs: int, n_img: int, n_vid: int, img_tok: int,
                 per_item: dict[str, int]) -> MmProfile:
     """V0 (vllm/worker/model_runner.py profile_run): max_num_seqs shrinks to fit batched // the prompt's
-    multimodal tokens; each dummy sequence is batched // seqs long and carries every modality at its limit — or
-    none at all when they do not fit it (vllm/multimodal/profiling.py: the encoder is then not profiled)."""
+    multimodal tokens; each dummy sequence is batched // seqs long and carries every modality at its limit. When
+    they do not fit it, versions before 0.8.3 drop them (the encoder is not profiled) and later ones keep them,
+    the sequence growing to hold them (vllm/multimodal/profiling.py)."""
     max_mm = n_img * per_item["image"] + n_vid * per_item["video"]
     n_seqs = max(1, min(seqs, batched // max_mm)) if max_mm else seqs
     seq_len = batched // n_seqs
     in_one = n_img * img_tok + n_vid * video_tokens(b, seq_len, n_img, n_vid, img_tok)
-    if in_one > seq_len:
+    modality = "image" if n_img else "video"
+    if in_one > seq_len and b.v0_oversized_dummy == "drop":
         return MmProfile(None, 0, 0, 0, f"V0 drops the dummy images/videos: {in_one} multimodal tokens do not fit "
                                         f"one {seq_len}-token profiling sequence ({batched} batched / {n_seqs} seqs)",
                          n_seqs)
-    modality = "image" if n_img else "video"
+    if in_one > seq_len:
+        return MmProfile(modality, in_one, n_seqs, 0, f"V0 keeps {n_seqs} dummy sequence(s) of {in_one} multimodal "
+                                                      f"tokens, longer than their {seq_len} ({batched} batched / "
+                                                      f"{n_seqs} seqs)", n_seqs, n_seqs * in_one)
     return MmProfile(modality, in_one, n_seqs, 0, f"V0: {n_seqs} sequences of {seq_len} tokens, each with "
                                                   f"{n_img} images and {n_vid} videos ({in_one} tokens)", n_seqs)
 
@@ -145,9 +151,12 @@ def encoder_bytes(m: Model, tp: int, mm_tokens: int, dtype_bytes: int) -> int:
 
 
 def lm_bytes(m: Model, tp: int, tokens: int, seqs: int, dtype_bytes: int) -> int:
-    """Peak of the decoder's dummy forward over ``tokens`` tokens plus fp32 logits of ``seqs`` sampled rows."""
+    """Peak of the decoder's dummy forward over ``tokens`` tokens plus fp32 logits of ``seqs`` sampled rows: per
+    token, ``decoder_hidden_copies`` hidden-size vectors (residual stream, normed input, attention and MLP outputs,
+    all-reduce buffers: calibrated on the logs whose peak is the decoder's) and the qkv and MLP tensors per GPU."""
     t = m.text
-    per_token = dtype_bytes * (4 * t.hidden + ((t.heads + 2 * t.kv_heads) * t.head_dim + 3 * t.intermediate) // tp)
+    copies = int(estimates()["decoder_hidden_copies"])
+    per_token = dtype_bytes * (copies * t.hidden + ((t.heads + 2 * t.kv_heads) * t.head_dim + 3 * t.intermediate) // tp)
     logits = min(seqs, tokens) * t.vocab * 4 * 2
     return tokens * per_token + logits
 

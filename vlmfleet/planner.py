@@ -9,8 +9,8 @@ Pure Python, no pyinfra. ``plan`` = ``evaluate`` (one wish, one verdict) + the l
   the dummy multimodal batch, what the profiler charges — and the estimates of what vLLM measures.
 
 A verdict of "fits" is given only when one max-length request still fits after a reserve is taken off the KV
-estimate: the calibration's tolerance, max(0.5 GiB, 15 %), or 6 % of the weights on each GPU, its largest
-residual (docs/calibration.md). The planner leans safe.
+estimate: the calibration's tolerance, max(0.5 GiB, 15 %), or 6 % of the weights on each GPU, for what a large
+model on several GPUs holds beyond the count (docs/calibration.md). The planner leans safe.
 """
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ __all__ = ["BLOCK_SIZE", "LIMITS", "WHOLE_FIELDS", "Finding", "Memory", "Plan", 
 #: The calibration's tolerance on the available-KV estimate (docs/calibration.md): max(0.5 GiB, 15 %).
 TOLERANCE_GIB = 0.5
 TOLERANCE_FRACTION = 0.15
-#: What "fits" also keeps in reserve, as a share of the weights on each GPU: the largest residual of the
-#: calibration is a 72B at tp 4 whose logged profiling peak is 2.0 GiB above the planner's, 5.9 % of its 34.4 GiB
-#: of weights per GPU (no such residual shows on 3B or 7B); the reserve grows with the model accordingly.
+#: What "fits" also keeps in reserve, as a share of the weights on each GPU: what a large model on several GPUs
+#: can hold outside what the planner counts. The calibration's one such case: a 72B at tp 4 on PCIe A100s (vLLM
+#: 0.8.3, V1) ran out of memory in its profiling pass with 3.3 GiB of non-torch memory in the process, where the
+#: planner counts 0.94 — 2.3 GiB, 6.8 % of its 34.4 GiB of weights per GPU; on 3B and 7B no such excess shows.
 RESERVE_OF_WEIGHTS = 0.06
 
 
@@ -200,68 +201,90 @@ def evaluate(m: Model, inv: Inventory, version: VllmVersion, wish: Wish = Wish()
                         valid.dtype, valid.quantization, errors, warnings, notes, loaded_weights, profile_len)
 
 
-def _with_memory(m: Model, inv: Inventory, version: VllmVersion, wish: Wish, r: Wish, engine: str, dtype: str,
-                 quant: str | None, errors: list[Finding], warnings: list[Finding], notes: list[str],
-                 loaded_weights: int | None = None, profile_len: int | None = None) -> Plan:
-    b = version.memory
-    tp = int(r.tp)
-    dbytes = DTYPE_BYTES[dtype]
+@dataclass(frozen=True)
+class _Count:
+    """The memory arithmetic of one resolved wish (no findings): what ``_with_memory`` explains."""
+
+    memory: Memory
+    profile: mm.MmProfile
+    non_torch: mm.NonTorch
+    image_tokens: int
+    kv_per_token: int
+    capacity: int
+    startup_ok: bool
+
+
+def _count(m: Model, inv: Inventory, b: Any, r: Wish, engine: str, dtype: str, loaded_weights: int | None,
+           profile_len: int | None) -> _Count:
+    """Per GPU: budget − weights − the profiling peak − charged non-torch − charged CUDA graphs = the KV cache."""
+    tp, dbytes = int(r.tp), DTYPE_BYTES[dtype]
     total = (inv.memory_mib - inv.kind.reserved_mib) * 1024**2  # CUDA's total, what vLLM multiplies
-    util = float(r.gpu_memory_utilization)
-    budget = int(total * util)
+    budget = int(total * float(r.gpu_memory_utilization))
     weights = loaded_weights if loaded_weights is not None else mm.loaded_weight_bytes(weight_bytes(m, tp))
     img_tok = image_tokens(m, int(r.max_pixels))
-    max_len, batched, seqs = int(r.max_model_len), int(r.max_num_batched_tokens), int(r.max_num_seqs)
-    n_img, n_vid = int(r.limit_images), int(r.limit_videos)
-    prof = mm.mm_profile(b, engine, max_len=profile_len or max_len, batched=batched, seqs=seqs, n_img=n_img,
-                         n_vid=n_vid, img_tok=img_tok)
-    mm_tokens = prof.tokens
-    outputs = mm_tokens * m.text.hidden * dbytes  # encoder outputs kept while the decoder's dummy pass runs
-    enc = mm.encoder_bytes(m, tp, mm_tokens, dbytes) + outputs if mm_tokens else 0
-    lm = mm.lm_bytes(m, tp, batched, prof.seqs or seqs, dbytes)  # V0 samples the rows of its shrunk batch
+    batched, seqs = int(r.max_num_batched_tokens), int(r.max_num_seqs)
+    prof = mm.mm_profile(b, engine, max_len=profile_len or int(r.max_model_len), batched=batched, seqs=seqs,
+                         n_img=int(r.limit_images), n_vid=int(r.limit_videos), img_tok=img_tok)
+    outputs = prof.tokens * m.text.hidden * dbytes  # encoder outputs kept while the decoder's dummy pass runs
+    enc = mm.encoder_bytes(m, tp, prof.tokens, dbytes) + outputs if prof.tokens else 0
+    # V0 samples the rows of its shrunk batch, over tokens oversized dummies may stretch
+    lm = mm.lm_bytes(m, tp, prof.lm_tokens or batched, prof.seqs or seqs, dbytes)
     activation = max(enc, lm + outputs)
     nt = mm.non_torch(b, engine, tp, inv.interconnect)
     graphs = mm.cudagraph_bytes(m, bool(r.enforce_eager))
-    counted_graphs = graphs if b.cudagraph_charged else 0
-    kv_budget = budget - weights - activation - nt.charged - counted_graphs
+    kv_budget = budget - weights - activation - nt.charged - (graphs if b.cudagraph_charged else 0)
     kv_per_token = kv_bytes_per_token(m, tp, KV_DTYPE_BYTES.get(r.kv_cache_dtype) or dbytes)
     blocks = kv_budget // (kv_per_token * BLOCK_SIZE) if kv_budget > 0 else 0
     margin = int(max(TOLERANCE_GIB * GIB, TOLERANCE_FRACTION * abs(kv_budget), RESERVE_OF_WEIGHTS * weights))
     before_snapshot = nt.total - nt.charged  # exists when vLLM takes its baseline: must fit in (1 - util)
-    startup_ok = not b.startup_free_check or total - before_snapshot >= budget
-    if not startup_ok:
-        most = int((total - before_snapshot) / total * 100) / 100
-        notes.append(f"vLLM {version.version} refuses to start: free memory at start ({(total - before_snapshot) / GIB:.2f}"
-                     f" GiB, after the CUDA context{' and NCCL' if nt.nccl and 'nccl' not in nt.charged_parts else ''})"
-                     f" is below gpu_memory_utilization {util:.2f} x {total / GIB:.2f} GiB; at most {most:.2f}")
-    if graphs and not b.cudagraph_charged and total - budget < graphs + before_snapshot:
-        warnings.append(Finding("gpu_memory_utilization", f"vLLM {version.version} captures CUDA graphs "
-                                f"(~{graphs / GIB:.1f} GiB) after allocating the KV cache, from the {1 - util:.0%} left "
-                                f"over ({(total - budget) / GIB:.1f} GiB): capture may run out of memory",
-                                "lower gpu_memory_utilization or set enforce_eager"))
-    _limit_warnings(wish, r, img_tok, max_len, prof, warnings, notes)
-    notes.append(f"profiling: {prof.why}")
-    notes.append("estimate: activation peak, non-torch memory and CUDA graphs are estimated (vLLM measures them); "
-                 f"'fits' keeps {margin / GIB:.2f} GiB of KV in reserve for that (docs/calibration.md)")
     memory = Memory(total=total, budget=budget, weights=weights, activation=activation, encoder_peak=enc, lm_peak=lm,
                     non_torch=nt.charged, cudagraph=graphs, kv_cache=kv_budget, non_torch_total=nt.total, margin=margin)
+    return _Count(memory, prof, nt, img_tok, kv_per_token, int(blocks * BLOCK_SIZE),
+                  not b.startup_free_check or total - before_snapshot >= budget)
+
+
+def _with_memory(m: Model, inv: Inventory, version: VllmVersion, wish: Wish, r: Wish, engine: str, dtype: str,
+                 quant: str | None, errors: list[Finding], warnings: list[Finding], notes: list[str],
+                 loaded_weights: int | None = None, profile_len: int | None = None) -> Plan:
+    """The plan: the count, and what it means in findings and notes."""
+    b = version.memory
+    c = _count(m, inv, b, r, engine, dtype, loaded_weights, profile_len)
+    mem, nt, util = c.memory, c.non_torch, float(r.gpu_memory_utilization)
+    free_at_start = mem.total - (nt.total - nt.charged)
+    if not c.startup_ok:
+        most = int(free_at_start / mem.total * 100) / 100
+        notes.append(f"vLLM {version.version} refuses to start: free memory at start ({free_at_start / GIB:.2f} GiB, "
+                     f"after the CUDA context{' and NCCL' if nt.nccl and 'nccl' not in nt.charged_parts else ''}) "
+                     f"is below gpu_memory_utilization {util:.2f} x {mem.total / GIB:.2f} GiB; at most {most:.2f}")
+    if mem.cudagraph and not b.cudagraph_charged and free_at_start - mem.budget < mem.cudagraph:
+        warnings.append(Finding("gpu_memory_utilization", f"vLLM {version.version} captures CUDA graphs "
+                                f"(~{mem.cudagraph / GIB:.1f} GiB) after allocating the KV cache, from the {1 - util:.0%} "
+                                f"left over ({(mem.total - mem.budget) / GIB:.1f} GiB): capture may run out of memory",
+                                "lower gpu_memory_utilization or set enforce_eager"))
+    _limit_warnings(wish, r, c.image_tokens, int(r.max_model_len), c.profile, warnings, notes)
+    notes.append(f"profiling: {c.profile.why}")
+    notes.append("estimate: activation peak, non-torch memory and CUDA graphs are estimated (vLLM measures them); "
+                 f"'fits' keeps {mem.margin / GIB:.2f} GiB of KV in reserve for that (docs/calibration.md)")
     p = Plan(model=m, inventory=inv, version=version, wish=wish, resolved=r, engine=engine, dtype=dtype,
-             quantization=quant, memory=memory, kv_bytes_per_token=kv_per_token,
-             kv_bytes_per_token_model=kv_bytes_per_token(m, 1, KV_DTYPE_BYTES.get(r.kv_cache_dtype) or dbytes),
-             kv_capacity_tokens=int(blocks * BLOCK_SIZE), image_tokens=img_tok, profile_mm_tokens=mm_tokens,
-             errors=errors, warnings=warnings, notes=notes, mm_profile=prof, startup_ok=startup_ok)
-    if not p.errors and not p.fits_one_request and startup_ok:
-        if kv_budget <= 0:
-            p.notes.append(f"weights {weights / GIB:.2f} GiB + profiling peak {activation / GIB:.2f} GiB + overhead "
-                           f"{(nt.charged + counted_graphs) / GIB:.2f} GiB exceed {util:.2f} x {total / GIB:.2f} GiB")
-        elif p.kv_capacity_tokens >= max_len:
-            p.notes.append(f"KV cache holds {p.kv_capacity_tokens} tokens by the estimate, but only "
-                           f"{p.safe_capacity_tokens} once its tolerance ({margin / GIB:.2f} GiB) is kept: fewer than "
-                           f"one max_model_len {max_len} request, too close to call")
-        else:
-            p.notes.append(f"KV cache holds {p.kv_capacity_tokens} tokens, fewer than one max_model_len {max_len} "
-                           "request: vLLM refuses to start")
+             quantization=quant, memory=mem, kv_bytes_per_token=c.kv_per_token,
+             kv_bytes_per_token_model=kv_bytes_per_token(m, 1, KV_DTYPE_BYTES.get(r.kv_cache_dtype) or DTYPE_BYTES[dtype]),
+             kv_capacity_tokens=c.capacity, image_tokens=c.image_tokens, profile_mm_tokens=c.profile.tokens,
+             errors=errors, warnings=warnings, notes=notes, mm_profile=c.profile, startup_ok=c.startup_ok)
+    if not p.errors and not p.fits_one_request and c.startup_ok:
+        p.notes.append(_why_not(p, nt.charged + (mem.cudagraph if b.cudagraph_charged else 0), util))
     return p
+
+
+def _why_not(p: Plan, overhead: int, util: float) -> str:
+    mem, max_len = p.memory, p.max_model_len
+    if mem.kv_cache <= 0:
+        return (f"weights {mem.weights / GIB:.2f} GiB + profiling peak {mem.activation / GIB:.2f} GiB + overhead "
+                f"{overhead / GIB:.2f} GiB exceed {util:.2f} x {mem.total / GIB:.2f} GiB")
+    if p.kv_capacity_tokens >= max_len:
+        return (f"KV cache holds {p.kv_capacity_tokens} tokens by the estimate, but only {p.safe_capacity_tokens} once "
+                f"its tolerance ({mem.margin / GIB:.2f} GiB) is kept: fewer than one max_model_len {max_len} request, "
+                "too close to call")
+    return f"KV cache holds {p.kv_capacity_tokens} tokens, fewer than one max_model_len {max_len} request: vLLM refuses to start"
 
 
 def _limit_warnings(wish: Wish, r: Wish, img_tok: int, max_len: int, prof: mm.MmProfile,

@@ -263,6 +263,7 @@ class Behaviour:
     max_frames_per_video: int
     limit_mm_syntax: str  # kv | json
     auto_dtype_fallback: bool
+    v0_oversized_dummy: str  # drop | keep
     max_model_len_auto: bool
     read: dict[str, str] = field(default_factory=dict)
 
