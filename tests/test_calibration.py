@@ -16,13 +16,14 @@ COMPARED = [r for r in ROWS if r.plan]
 
 
 def test_the_collection_spans_what_the_issue_asks():
-    versions = {r.log["vllm_version"] for r in COMPARED}
+    versions = {r.plan.version.version for r in COMPARED}
     kinds = {r.plan.inventory.kind.id for r in COMPARED}
     assert len(COMPARED) >= 8 and len(versions) >= 3 and len(kinds) >= 3, (len(COMPARED), versions, kinds)
 
 
 @pytest.mark.parametrize("row", COMPARED, ids=[r.log["id"] for r in COMPARED])
 def test_the_planner_agrees_with_vllm_on_each_log(row):
+    assert row.engine_agrees, f"{row.log['id']}: the log shows {row.log['engine']}, the planner derives {row.plan.engine}"
     assert row.agrees, f"{row.log['id']}: vLLM {row.log['outcome']}, the planner says {row.plan.verdict}"
     if row.error is None:
         return  # the log has a verdict but no available-KV figure (an OOM during profiling)
@@ -41,10 +42,11 @@ def test_what_fits_trusts_is_never_more_than_vllm_had():
     assert checked >= 3
 
 
-def test_logs_that_are_not_compared_say_why():
+def test_a_log_is_left_out_only_by_its_fixture_saying_why():
+    """Not a catalog miss or a typo: each log kept but not compared carries its own not_comparable reason."""
     for r in ROWS:
         if not r.plan:
-            assert len(r.why) > 30, r.log["id"]
+            assert r.why == r.log.get("not_comparable"), f"{r.log['id']}: left out because {r.why}"
 
 
 def test_the_docs_table_is_the_generated_one():

@@ -60,6 +60,11 @@ def test_from_command_plans_a_pasted_line():
     (["--gpus", "4xV100"], "vlmfleet plan: error: GPU spec '4xV100': unknown GPU 'V100'"),
     (["--gpus", "4xT4", "--model", "llama"], "vlmfleet plan: error: unknown model 'llama'"),
     (["--gpus", "4xT4", "--vllm", "0.5.0"], "vlmfleet plan: error: vLLM 0.5.0 is outside the span the planner knows (0.7.2 to 0.33.0)"),
+    (["--gpus", "4xT4", "--vllm", "0.33.1"], "vlmfleet plan: error: vLLM 0.33.1 is outside the span the planner knows"),
+    (["--gpus", "4xT4", "--vllm", "0.8"], "vlmfleet plan: error: vLLM version '0.8' is not a release number"),
+    (["--gpus", "4xT4", "--vllm", "00.08.02"], "vlmfleet plan: error: vLLM version '00.08.02' is not a release number"),
+    (["--gpus", "4xT4", "--vllm", "\uff10.\uff18.\uff12"], "vlmfleet plan: error: vLLM version '\uff10.\uff18.\uff12' is not a release number"),
+    (["--gpus", "4xT4", "--vllm", "0.8.2-1"], "vlmfleet plan: error: vLLM version '0.8.2-1' is not a release number"),
     ([], "vlmfleet plan: error: give --gpus COUNTxKIND"),
     (["--gpus", "1xA10", "--config", "/nonexistent/config.json"], "vlmfleet plan: error: config.json not found"),
 ])

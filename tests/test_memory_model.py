@@ -22,17 +22,21 @@ H200 = Path(__file__).parent / "fixtures" / "gpu" / "h200-device"
 @pytest.mark.parametrize("name, before, after, old, new", [
     ("engine", "0.7.3", "0.8.0", "V0", "V1"),
     ("limit_per_modality", "0.8.3", "0.8.4", {"V0": 1, "V1": 1}, {"V0": 1, "V1": 999}),
-    ("non_torch_charged_v1", "0.8.5.post1", "0.9.0", ("context", "cublas", "nccl"), ("cublas", "nccl")),
+    ("non_torch_charged_v1", "0.9.0", "0.9.1", ("context", "cublas", "nccl"), ("cublas", "nccl")),
     ("non_torch_charged_v1", "0.10.2", "0.11.0", ("cublas", "nccl"), ("cublas",)),
     ("non_torch_charged_v1", "0.32.0", "0.33.0", ("cublas",), ()),
-    ("startup_free_check", "0.8.5", "0.9.0", False, True),
+    ("startup_free_check", "0.9.0", "0.9.1", False, True),
+    ("v0_fallback", "0.8.1", "0.8.2", ("cc_below_8", "kv_not_auto"), ("cc_below_8", "fp8_kv_without_fa3")),
     ("v0_fallback", "0.10.1.1", "0.10.2", ("cc_below_8", "fp8_kv_without_fa3"), ("fp8_kv_without_fa3",)),
     ("v0_fallback", "0.10.2", "0.11.0", ("fp8_kv_without_fa3",), ()),
-    ("mm_items", "0.10.1", "0.10.2", "ceil", "floor"),
+    ("mm_items", "0.9.2", "0.10.0", "ceil", "floor"),
+    ("mm_items", "0.10.0", "0.10.1", "floor", "floor_per_prompt"),
+    ("dummy_counts", "0.8.2", "0.8.3", "limits", "one"),
+    ("mm_tie_break", "0.14.0", "0.17.0", "image", "video"),
     ("video_frames_after_images", "0.10.1.1", "0.10.2", True, False),
     ("mm_dummy_seq_len", "0.10.2", "0.11.0", "max_num_batched_tokens", "max_model_len"),
     ("max_frames_per_video", "0.10.2", "0.11.0", 16, 14),
-    ("video_count", "0.14.0", "0.17.0", "limit", "one"),
+    ("video_count", "0.8.3", "0.8.4", "limit", "one"),
     ("cudagraph_charged", "0.19.0", "0.20.0", False, True),
     ("default_gpu_memory_utilization", "0.19.1", "0.20.0", 0.90, 0.92),
     ("limit_mm_syntax", "0.8.5", "0.9.0", "kv", "json"),
@@ -57,7 +61,7 @@ def test_the_span_is_planned_and_beyond_it_is_refused():
         assert planning_version(v).memory.version == v.lstrip("v")
     with pytest.raises(CatalogError, match="outside the span the planner knows"):
         planning_version("0.6.6")
-    with pytest.raises(CatalogError, match="not a version number"):
+    with pytest.raises(CatalogError, match="not a release number"):
         planning_version("latest")
 
 
@@ -77,12 +81,17 @@ def test_engine_per_version_and_gpu():
     assert mm.engine_for(behaviour("0.10.2"), t4, "auto") == "V1"  # Turing runs V1 from 0.10.2
     assert mm.engine_for(behaviour("0.9.2"), a10, "fp8") == "V0" and mm.engine_for(behaviour("0.9.2"), h100, "fp8") == "V1"
     assert mm.engine_for(behaviour("0.11.0"), a10, "fp8") == "V1"
+    assert mm.engine_for(behaviour("0.8.0"), h100, "fp8") == "V0"  # 0.8.0/0.8.1: any kv dtype but auto
+    assert mm.engine_for(behaviour("0.8.2"), h100, "fp8") == "V1"
 
 
 def test_scheduler_defaults_per_version_and_gpu():
     a10, h100, a100, h200 = (gpu_kind(k) for k in ("A10", "H100", "A100-80", "H200"))
     assert mm.scheduler_defaults(behaviour("0.8.2"), "V1", a10, 23028, 32768) == (1024, 2048)
     assert mm.scheduler_defaults(behaviour("0.8.2"), "V1", h100, 81559, 32768) == (1024, 8192)
+    assert mm.scheduler_defaults(behaviour("0.8.4"), "V1", a10, 23028, 32768) == (256, 2048)
+    assert mm.scheduler_defaults(behaviour("0.8.4"), "V1", a100, 81920, 32768) == (256, 2048)
+    assert mm.scheduler_defaults(behaviour("0.8.5.post1"), "V1", a100, 81920, 32768) == (1024, 8192)  # >= 70 GiB
     assert mm.scheduler_defaults(behaviour("0.9.2"), "V1", a10, 23028, 32768) == (256, 2048)
     assert mm.scheduler_defaults(behaviour("0.9.2"), "V1", a100, 81920, 32768) == (256, 2048)  # A100 stays small
     assert mm.scheduler_defaults(behaviour("0.33.0"), "V1", h200, 143771, 32768) == (1024, 8192)  # 140 GiB
@@ -93,8 +102,9 @@ def test_scheduler_defaults_per_version_and_gpu():
 
 
 # ---- the dummy multimodal batch (the corrections of issue 8) ----------------------------------------------
-def test_0_33_profiles_one_video_whatever_the_video_limit():
-    b = behaviour("0.33.0")
+@pytest.mark.parametrize("version", ["0.11.0", "0.14.0", "0.33.0"])
+def test_from_0_11_one_video_is_profiled_at_full_length_whatever_the_video_limit(version):
+    b = behaviour(version)
     for limit in (1, 5, 999):
         prof = mm.mm_profile(b, "V1", max_len=128000, batched=8192, seqs=256, n_img=5, n_vid=limit, img_tok=16384)
         assert (prof.modality, prof.item_tokens, prof.items) == ("video", 114688, 1)  # 14 frames of 16,384 / 2
@@ -102,15 +112,36 @@ def test_0_33_profiles_one_video_whatever_the_video_limit():
     assert (off.modality, off.item_tokens) == ("image", 16384)  # only a video limit of 0 removes it
 
 
+def test_before_0_11_the_largest_video_is_sized_at_full_length_but_built_at_max_num_batched_tokens():
+    b = behaviour("0.9.2")  # one of each modality counted (0.8.4): 128000 less one image = 6 frame pairs
+    prof = mm.mm_profile(b, "V1", max_len=128000, batched=2048, seqs=256, n_img=999, n_vid=999, img_tok=16384)
+    assert (prof.modality, prof.budget, prof.items, prof.item_tokens) == ("video", 98304, 1, 16384)
+    # 0.8.3 counted the limits: 999 videos share the frames, so one frame pair each, tied with an image
+    old = mm.mm_profile(behaviour("0.8.3"), "V1", max_len=128000, batched=2048, seqs=2, n_img=1, n_vid=1,
+                        img_tok=16384)
+    assert old.modality == "video" and old.budget == 98304
+
+
+def test_a_tie_between_image_and_video_goes_to_the_image_before_0_17_and_to_the_video_after():
+    kw = dict(max_len=16384, batched=16384, seqs=1, n_img=1, n_vid=1, img_tok=16384)
+    assert mm.mm_profile(behaviour("0.9.2"), "V1", **kw).modality == "image"
+    assert mm.mm_profile(behaviour("0.17.0"), "V1", **kw).modality == "video"
+
+
+def test_0_14_at_128k_plans_the_big_dummy_video():
+    p = evaluate(M7, parse_spec("1xA100-80"), planning_version("0.14.0"), Wish(max_model_len=128000))
+    assert p.mm_profile.item_tokens == 114688 and p.memory.encoder_peak > 14 * GIB
+
+
 def test_0_8_2_v1_builds_the_dummy_at_max_num_batched_tokens_and_rounds_the_count_up():
     b = behaviour("0.8.2")
     prof = mm.mm_profile(b, "V1", max_len=128000, batched=2048, seqs=1024, n_img=1, n_vid=1, img_tok=16384)
-    # the largest item is a 98,304-token video (16 frames less the image, at 128k) ...
+    # the largest item is a 98,304-token video (frames for 128k less the image, 12 of 16) ...
     assert prof.modality == "video" and prof.budget == 98304
     # ... but the dummy is built at 2048 tokens: one frame pair, 16,384 tokens
     assert (prof.items, prof.item_tokens) == (1, 16384)
     images = mm.mm_profile(b, "V1", max_len=32768, batched=20000, seqs=16, n_img=5, n_vid=0, img_tok=16384)
-    assert images.items == 2  # ceil(20000 / 16384); 0.10.2 and later floor it:
+    assert images.items == 2  # ceil(20000 / 16384); 0.10 and later floor it:
     later = mm.mm_profile(behaviour("0.11.0"), "V1", max_len=32768, batched=20000, seqs=16, n_img=5, n_vid=0,
                           img_tok=16384)
     assert later.items == 1
@@ -151,6 +182,10 @@ def test_0_33_does_not_charge_non_torch_memory_but_refuses_to_start_without_room
     assert any("refuses to start: free memory at start" in n for n in greedy.notes)
     assert greedy.proposal.changes == {"gpu_memory_utilization": 0.99}
     assert greedy.proposal.reason.startswith("lower gpu_memory_utilization to 0.99")
+    # V0 has no such check (vllm/worker/worker.py), whatever the version
+    v0 = evaluate(model("qwen2.5-vl-7b-instruct-awq"), parse_spec("1xT4"), planning_version("0.9.2"),
+                  Wish(max_model_len=4096, limit_videos=0, gpu_memory_utilization=1.0))
+    assert v0.engine == "V0" and v0.startup_ok
     # 0.8.2 has no such check: it charges the context instead
     old = evaluate(M7, inv, vllm_version("0.8.2"), Wish(max_model_len=32768, limit_videos=0, gpu_memory_utilization=1.0))
     assert old.startup_ok and old.memory.non_torch == old.memory.non_torch_total

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .catalog import GIB, MIB, CatalogError, gpu_kind, model, planning_version
+from .catalog import GIB, MIB, CatalogError, gpu_kind, model, planning_version, version_key
 from .gpus import Inventory, parse_spec
 from .planner import LIMITS, TOLERANCE_FRACTION, TOLERANCE_GIB, Plan, Wish, evaluate
 
@@ -54,7 +54,13 @@ class Row:
 
     @property
     def vllm_started(self) -> bool:
-        return self.log["outcome"] == "started"
+        """vLLM sized its KV cache and went on ("profiled": it failed afterwards for a reason that is not memory)."""
+        return self.log["outcome"] in ("started", "profiled")
+
+    @property
+    def engine_agrees(self) -> bool:
+        """The engine the planner derives for the version, GPU and settings is the one the log shows."""
+        return self.plan is not None and self.plan.engine == self.log["engine"]
 
     @property
     def agrees(self) -> bool | None:
@@ -84,8 +90,10 @@ def wish(log: dict[str, Any]) -> Wish:
         values["max_pixels"] = low
     if values.get("quantization") in ("awq", "awq_marlin"):
         values.pop("quantization")  # vLLM detects it; the planner renders the kernel itself
-    if log.get("engine") in ("V0", "V1"):
-        values["engine"] = log["engine"]  # the engine the log shows ("Initializing a V0 LLM engine")
+    if log.get("env", {}).get("VLLM_USE_V1") == "0":
+        values["engine"] = "V0"  # forced by the run's environment; otherwise the planner derives it
+    elif log.get("forced_engine"):
+        values["engine"] = log["forced_engine"]  # forced by a flag the planner does not plan (evidence.forced_engine)
     return Wish(**values)
 
 
@@ -96,7 +104,7 @@ def replay(log: dict[str, Any]) -> Row:
     try:
         m = model(log.get("catalog_model") or log["model"].split(" ")[0])
         inv = inventory(log)
-        version = planning_version(log["vllm_version"])
+        version = planning_version(log.get("planned_as") or log["vllm_version"])
     except CatalogError as exc:
         return Row(log, None, str(exc))
     if log.get("replay_weights") == "logged":  # a checkpoint the planner cannot size: its logged weights
@@ -107,6 +115,21 @@ def replay(log: dict[str, Any]) -> Row:
 
 def rows(folder: str | Path) -> list[Row]:
     return [replay(log) for log in load(folder)]
+
+
+#: The estimates chosen on these logs, and which ones (the others are read from vLLM's code or measured).
+FITTED = [
+    ("encoder_factor", "0.72", "tsailiming-byom-l4-tp1-7b-v1 (an image), scpwcsdgpu1-readme-a100-80-tp1-7b-v1-oom (a video)"),
+    ("nccl_gib.pcie", "0.25 GiB", "tsailiming-multigpu-l4-tp2-7b-v1"),
+    ("decoder_hidden_copies", "6", "unsloth-notebooks-t4-tp1-7b-bnb4-v0, vllm-16570-a100-40g-tp4-72b-v0-oom"),
+    ("weights_extra_gib", "0.19 GiB", "tsailiming-byom-l4-tp1-7b-v1, scpwcsdgpu1-readme-a100-80-tp1-7b-v1-oom "
+     "('Model loading took' 15.63 and 15.67 GiB for 15.45 of parameters)"),
+    ("reserve (planner.RESERVE_OF_WEIGHTS)", "6 % of the weights per GPU", "vllm-16570-a100-40g-tp4-72b-v1-oom"),
+]
+
+
+def _ids(text: str) -> list[str]:
+    return [w.strip(" ,()") for w in text.split() if "-" in w and w.strip(" ,()").count("-") >= 3]
 
 
 def _f(x: float | None, fmt: str = "{:.2f}") -> str:
@@ -127,11 +150,12 @@ def markdown(all_rows: list[Row]) -> str:
     for r in comparable:
         p = r.plan
         within = {None: "—", True: "yes", False: "**no**"}[r.within]
-        out.append(f"| [{r.log['id']}]({r.log['url']}) | {r.log['vllm_version']} | {p.engine} | "
+        shown = r.log["vllm_version"] + (f" (as {r.log['planned_as']})" if r.log.get("planned_as") else "")
+        out.append(f"| [{r.log['id']}]({r.log['url']}) | {shown} | {p.engine} | "
                    f"{p.inventory.count}x{p.inventory.kind.id} | {p.model.id} | {_f(r.logged_kv)} | "
                    f"{_f(r.planned_kv)} | {_f(r.error, '{:+.2f}')} | {within} | {r.log['outcome']} | {p.verdict} | "
                    f"{'yes' if r.agrees else '**no**'} |")
-    versions = sorted({r.log["vllm_version"] for r in comparable})
+    versions = sorted({r.plan.version.version for r in comparable}, key=version_key)
     kinds = sorted({r.plan.inventory.kind.id for r in comparable})
     errors = sorted(abs(r.error) for r in comparable if r.error is not None)
     out += ["", f"{len(comparable)} logs, {len(versions)} vLLM versions ({', '.join(versions)}), {len(kinds)} GPU kinds "
@@ -149,6 +173,15 @@ def markdown(all_rows: list[Row]) -> str:
                    f"(logged {_f(r.log['logged'].get('non_torch_gib'))}); CUDA graphs "
                    f"{'charged ' if p.version.counts_cudagraph_memory else 'not charged, '}{m.cudagraph / GIB:.2f} "
                    f"(logged {_f(r.log['logged'].get('cuda_graph_gib'))}). {p.mm_profile.why if p.mm_profile else ''}.")
+    out += ["", "## What was fitted on which logs", "",
+            "The rows are in-sample: the estimates below were chosen on these logs (the rest of the model is read "
+            "from vLLM's code or measured), so the table shows the model is consistent with them, and the rows that "
+            "fitted nothing are the fairer test.", "",
+            "| estimate (catalog/vllm.yaml) | value | fitted on |", "|---|---|---|"]
+    out += [f"| `{k}` | {v} | {w} |" for k, v, w in FITTED]
+    held = sorted({r.log["id"] for r in comparable} - {i for _, _, w in FITTED for i in _ids(w)})
+    out += ["", "Fitted nothing: " + ", ".join(held) + " (the language-only T4 log shares its setting with the fitted "
+            "T4 one, so only its checkpoint differs)."]
     skipped = [r for r in all_rows if not r.plan]
     if skipped:
         out += ["", "## Logs kept but not compared", ""]

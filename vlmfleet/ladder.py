@@ -92,14 +92,19 @@ def propose_fix(p: Plan) -> Proposal | None:
         q = evaluate(mdl, inv, ver, wish)
         return q if q.verdict == "fits" else None
 
-    # 0. the version refuses to start above what is free at start: the largest utilisation below that
+    # 0. the version refuses to start above what is free at start: the largest utilisation below that, which
+    #    every later step keeps (and never raises past)
     if not base.startup_ok:
         nt = base.memory.non_torch_total - base.memory.non_torch
         u = int((base.memory.total - nt) / base.memory.total * 100) / 100
-        q = attempt(replace(base_wish, gpu_memory_utilization=u))
+        base_wish = replace(base_wish, gpu_memory_utilization=u)
+        changes = {**changes, "gpu_memory_utilization": u}
+        q = attempt(base_wish)
         if q:
-            return Proposal({**changes, "gpu_memory_utilization": u}, f"lower gpu_memory_utilization to {u}: "
-                            "what is free when vLLM starts", q)
+            return Proposal(changes, f"lower gpu_memory_utilization to {u}: what is free when vLLM starts", q)
+        cap = min(cap, u)
+        util = u
+        base = evaluate(m, inv, ver, base_wish)
     # 1. utilisation: the smallest step of 0.01 up to the cap
     for step in range(1, int(round((cap - util) * 100)) + 1):
         u = round(util + step / 100, 2)

@@ -24,6 +24,8 @@ def engine_for(b: Behaviour, kind: GpuKind, kv_cache_dtype: str) -> str:
         return "V0"
     if "cc_below_8" in b.v0_fallback and kind.cc_tuple < (8, 0):
         return "V0"
+    if "kv_not_auto" in b.v0_fallback and kv_cache_dtype != "auto":
+        return "V0"
     if "fp8_kv_without_fa3" in b.v0_fallback and kv_cache_dtype.startswith("fp8") and kind.cc_tuple < (9, 0):
         return "V0"
     return "V1"
@@ -37,6 +39,8 @@ def gpu_tier(b: Behaviour, kind: GpuKind, memory_mib: int) -> str:
         return "huge"
     if s["large_when"] == "h100_h200":
         return "large" if kind.id in ("H100", "H200") else "small"
+    if s["large_when"] == "70gib":
+        return "large" if gib >= 70 else "small"
     return "large" if gib >= 70 and not kind.id.startswith("A100") else "small"
 
 
@@ -92,25 +96,34 @@ def mm_profile(b: Behaviour, engine: str, *, max_len: int, batched: int, seqs: i
     """The dummy multimodal batch of the profiling pass, as the version builds it."""
     if n_img <= 0 and n_vid <= 0:
         return MmProfile(None, 0, 0, 0, "images and videos are both limited to 0", seqs if engine == "V0" else 0)
-    vid_counted = 1 if b.video_count == "one" else n_vid
+    # the largest item of each modality, counted with the limits (before 0.8.4) or one of each modality
+    c_img, c_vid = (n_img, n_vid) if b.video_count == "limit" else (int(n_img > 0), int(n_vid > 0))
     per_item = {"image": img_tok if n_img > 0 else 0,
-                "video": video_tokens(b, max_len, n_img, vid_counted, img_tok) if n_vid > 0 else 0}
+                "video": video_tokens(b, max_len, c_img, c_vid, img_tok) if n_vid > 0 else 0}
     if engine == "V0":
         return _v0_profile(b, batched=batched, seqs=seqs, n_img=n_img, n_vid=n_vid, img_tok=img_tok,
                            per_item=per_item)
-    modality = max(per_item, key=lambda k: (per_item[k], k == "video" and b.video_count == "one"))
+    modality = max(per_item, key=lambda k: (per_item[k], k == b.mm_tie_break))
     tokens = per_item[modality]
     limit = n_img if modality == "image" else n_vid
     budget = max(batched, tokens)
     if b.mm_items == "ceil":
         items = min(-(-budget // tokens), seqs * limit)
         rule = f"min(ceil({budget} / {tokens}), {seqs} seqs x limit {limit})"
+    elif b.mm_items == "floor":
+        items = max(1, min(budget // tokens, seqs * limit))
+        rule = f"max(1, min({budget} // {tokens}, {seqs} seqs x limit {limit}))"
     else:
         per_prompt = max(1, min(limit, max_len // tokens))
         items = max(1, min(budget // tokens, seqs * per_prompt))
         rule = f"max(1, min({budget} // {tokens}, {seqs} seqs x {per_prompt} per prompt))"
     dummy_len = batched if b.mm_dummy_seq_len == "max_num_batched_tokens" else max_len
-    item_tokens = tokens if modality == "image" else video_tokens(b, dummy_len, n_img, vid_counted, img_tok)
+    if modality == "image":
+        item_tokens = img_tok  # an image is always built at max_pixels
+    elif b.dummy_counts == "limits":
+        item_tokens = video_tokens(b, dummy_len, n_img, n_vid, img_tok)
+    else:
+        item_tokens = video_tokens(b, dummy_len, 0, 1, img_tok)  # built alone: {video: 1}
     return MmProfile(modality, item_tokens, items, budget,
                      f"{items} = {rule} {modality} items, each built at {b.mm_dummy_seq_len} ({dummy_len})")
 

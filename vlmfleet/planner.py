@@ -33,10 +33,12 @@ __all__ = ["BLOCK_SIZE", "LIMITS", "WHOLE_FIELDS", "Finding", "Memory", "Plan", 
 #: The calibration's tolerance on the available-KV estimate (docs/calibration.md): max(0.5 GiB, 15 %).
 TOLERANCE_GIB = 0.5
 TOLERANCE_FRACTION = 0.15
-#: What "fits" also keeps in reserve, as a share of the weights on each GPU: what a large model on several GPUs
-#: can hold outside what the planner counts. The calibration's one such case: a 72B at tp 4 on PCIe A100s (vLLM
-#: 0.8.3, V1) ran out of memory in its profiling pass with 3.3 GiB of non-torch memory in the process, where the
-#: planner counts 0.94 — 2.3 GiB, 6.8 % of its 34.4 GiB of weights per GPU; on 3B and 7B no such excess shows.
+#: What "fits" also keeps in reserve, as a share of the weights on each GPU: room for what a large model on several
+#: GPUs holds beyond the count. Fitted to one log (tests/fixtures/vllm-logs/vllm-16570-a100-40g-tp4-72b-v1-oom): a
+#: 72B at tp 4 on PCIe A100-40s, vLLM 0.8.3 V1, allocated its KV cache (PyTorch then held the weights + 1.5 GiB) and
+#: ran out of memory in the warm-up that follows, with 3.3 GiB of non-PyTorch memory in use where the planner counts
+#: 0.94; the planner's own KV estimate there is 1.81 GiB, 5.3 % of the 34.4 GiB of weights per GPU. No 3B or 7B log
+#: shows such an excess.
 RESERVE_OF_WEIGHTS = 0.06
 
 
@@ -239,8 +241,10 @@ def _count(m: Model, inv: Inventory, b: Any, r: Wish, engine: str, dtype: str, l
     before_snapshot = nt.total - nt.charged  # exists when vLLM takes its baseline: must fit in (1 - util)
     memory = Memory(total=total, budget=budget, weights=weights, activation=activation, encoder_peak=enc, lm_peak=lm,
                     non_torch=nt.charged, cudagraph=graphs, kv_cache=kv_budget, non_torch_total=nt.total, margin=margin)
+    # V1 from 0.9.1 refuses to start when what it does not charge leaves less free than the budget (V0 never)
+    checks = b.startup_free_check and engine == "V1"
     return _Count(memory, prof, nt, img_tok, kv_per_token, int(blocks * BLOCK_SIZE),
-                  not b.startup_free_check or total - before_snapshot >= budget)
+                  not checks or total - before_snapshot >= budget)
 
 
 def _with_memory(m: Model, inv: Inventory, version: VllmVersion, wish: Wish, r: Wish, engine: str, dtype: str,
@@ -253,13 +257,16 @@ def _with_memory(m: Model, inv: Inventory, version: VllmVersion, wish: Wish, r: 
     free_at_start = mem.total - (nt.total - nt.charged)
     if not c.startup_ok:
         most = int(free_at_start / mem.total * 100) / 100
+        names = {"context": "the CUDA context", "cublas": "cuBLAS", "nccl": "NCCL"}
+        before = [names[x] for x in ("context", "cublas", "nccl") if x not in nt.charged_parts and getattr(nt, x)]
         notes.append(f"vLLM {version.version} refuses to start: free memory at start ({free_at_start / GIB:.2f} GiB, "
-                     f"after the CUDA context{' and NCCL' if nt.nccl and 'nccl' not in nt.charged_parts else ''}) "
-                     f"is below gpu_memory_utilization {util:.2f} x {mem.total / GIB:.2f} GiB; at most {most:.2f}")
+                     f"after {' and '.join(before)}) is below gpu_memory_utilization {util:.2f} x "
+                     f"{mem.total / GIB:.2f} GiB; at most {most:.2f}")
     if mem.cudagraph and not b.cudagraph_charged and free_at_start - mem.budget < mem.cudagraph:
         warnings.append(Finding("gpu_memory_utilization", f"vLLM {version.version} captures CUDA graphs "
-                                f"(~{mem.cudagraph / GIB:.1f} GiB) after allocating the KV cache, from the {1 - util:.0%} "
-                                f"left over ({(mem.total - mem.budget) / GIB:.1f} GiB): capture may run out of memory",
+                                f"(~{mem.cudagraph / GIB:.1f} GiB) after allocating the KV cache, from what the "
+                                f"{1 - util:.0%} left over holds beside the CUDA context and NCCL "
+                                f"({(free_at_start - mem.budget) / GIB:.1f} GiB): capture may run out of memory",
                                 "lower gpu_memory_utilization or set enforce_eager"))
     _limit_warnings(wish, r, c.image_tokens, int(r.max_model_len), c.profile, warnings, notes)
     notes.append(f"profiling: {c.profile.why}")
@@ -320,7 +327,7 @@ def _evaluate_auto_len(m: Model, inv: Inventory, version: VllmVersion, wish: Wis
         return p
     full = m.text.max_position_embeddings
     at_full = evaluate(m, inv, version, replace(wish, max_model_len=full))
-    best = min(full, at_full.safe_capacity_tokens // 256 * 256)
+    best = min(full, at_full.safe_capacity_tokens // 256 * 256) if at_full.startup_ok else 0
     p = evaluate(m, inv, version, replace(wish, max_model_len=best or full), profile_len=full) if best else at_full
     p.notes.append(f"max_model_len auto: profiled at the model's {full}; " +
                    (f"{best} fits" if best else "nothing fits"))

@@ -230,11 +230,17 @@ def gpu_kind(name: str) -> GpuKind:
 # ---- vLLM versions ---------------------------------------------------------------------------------------
 def version_key(version: str) -> tuple[int, ...]:
     """``0.9.0.1`` → (0, 9, 0, 1); ``v0.8.5.post1`` → (0, 8, 5): release numbers only, for range look-ups."""
-    v = version.strip().lstrip("v")
-    nums = re.match(r"^(\d+(?:\.\d+)*)", v)
-    if not nums:
-        raise CatalogError(f"vLLM version {version!r} is not a version number; give one like 0.8.2 or 0.33.0")
-    return tuple(int(x) for x in nums.group(1).split("."))
+    v = version.strip()
+    m = VERSION_RE.fullmatch(v)
+    if not m:
+        raise CatalogError(f"vLLM version {version!r} is not a release number; give one like 0.8.2, 0.9.0.1 or "
+                           "0.8.5.post1")
+    return tuple(int(x) for x in m.group(1).split("."))
+
+
+#: A vLLM release as PyPI spells it: 0.8.2, v0.33.0, 0.9.0.1, 0.8.5.post1, 0.10.1rc1 (ASCII digits only).
+_N = r"(?:0|[1-9]\d*)"
+VERSION_RE = re.compile(rf"v?({_N}\.{_N}\.{_N}(?:\.{_N})?)(?:\.post\d+|rc\d+|\.dev\d+)?", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -247,7 +253,7 @@ class Behaviour:
 
     version: str
     engine: str  # V0 | V1: what `vllm serve` runs by default
-    v0_fallback: tuple[str, ...]  # cc_below_8, fp8_kv_without_fa3
+    v0_fallback: tuple[str, ...]  # cc_below_8, kv_not_auto, fp8_kv_without_fa3
     non_torch_charged_v1: tuple[str, ...]  # of: context, cublas, nccl
     non_torch_charged_v0: tuple[str, ...]
     startup_free_check: bool
@@ -257,8 +263,10 @@ class Behaviour:
     scheduler_v1: dict[str, Any]
     scheduler_v0: dict[str, Any]
     mm_dummy_seq_len: str  # max_num_batched_tokens | max_model_len
-    mm_items: str  # ceil | floor
+    mm_items: str  # ceil | floor | floor_per_prompt
     video_count: str  # limit | one
+    dummy_counts: str  # limits | one
+    mm_tie_break: str  # image | video
     video_frames_after_images: bool
     max_frames_per_video: int
     limit_mm_syntax: str  # kv | json
@@ -370,6 +378,10 @@ def planning_version(version: str) -> VllmVersion:
     with its own memory behaviour and the flag table, kv dtypes and metrics of the nearest catalog version."""
     versions = vllm_versions()
     v = version.strip().lstrip("v")
+    version_key(v)  # a release number, or a CatalogError saying what one looks like
+    base_release = VERSION_RE.fullmatch(v).group(1)
+    if base_release in versions and v != base_release:  # 0.8.2.post1: 0.8.2's tables, its own name
+        return replace(versions[base_release], version=v)
     if v in versions:
         return versions[v]
     mem = behaviour(v)
