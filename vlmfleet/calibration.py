@@ -172,7 +172,8 @@ def markdown(all_rows: list[Row]) -> str:
                    f"{_f(r.log['logged'].get('activation_peak_gib'))}); non-torch charged {m.non_torch / GIB:.2f} "
                    f"(logged {_f(r.log['logged'].get('non_torch_gib'))}); CUDA graphs "
                    f"{'charged ' if p.version.counts_cudagraph_memory else 'not charged, '}{m.cudagraph / GIB:.2f} "
-                   f"(logged {_f(r.log['logged'].get('cuda_graph_gib'))}). {p.mm_profile.why if p.mm_profile else ''}.")
+                   f"(logged {_f(r.log['logged'].get('cuda_graph_gib'))}). {p.mm_profile.why if p.mm_profile else ''}."
+                   + (f" Replay: {r.log['replay_note']}." if r.log.get("replay_note") else ""))
     out += ["", "## What was fitted on which logs", "",
             "The rows are in-sample: the estimates below were chosen on these logs (the rest of the model is read "
             "from vLLM's code or measured), so the table shows the model is consistent with them, and the rows that "
