@@ -1,7 +1,7 @@
 """Public vLLM startup logs of Qwen2-VL / Qwen2.5-VL, kept as fixtures for calibrating the planner (issue 8:
 the planner's available-KV figure against vLLM's own profiler). This checks the fixtures are what they claim —
 every logged number literally in the quoted log lines, the serve arguments those of the quoted command — so a
-calibration built on them cannot rest on an invented figure. The calibration itself is still to come."""
+calibration built on them (tests/test_calibration.py) cannot rest on an invented figure."""
 
 import json
 import re
