@@ -19,16 +19,21 @@ FIX = Path(__file__).parent / "fixtures" / "gpu" / "h100-device"
 CASES = [(m, v) for m in ("qwen2.5-vl-7b-instruct", "qwen2.5-vl-72b-instruct-awq") for v in ("0.8.2", "0.33.0")]
 
 
-@pytest.mark.parametrize("model, version", CASES)
-def test_fixture_reproduces_the_live_plan(model, version):
-    live = json.loads((FIX / f"plan-{model}-{version}.json").read_text())
+def plan_from_capture(folder: Path, model: str, version: str) -> dict:
+    """What `vlmfleet plan` gives from a capture's saved facts, with tools/capture_gpu_facts.sh's wishes."""
     proc = subprocess.run(
-        [sys.executable, "-m", "vlmfleet.cli", "plan", "--nvidia-smi-csv", str(FIX / "nvidia-smi-query.csv"),
-         "--nvidia-smi-topo", str(FIX / "nvidia-smi-topo.txt"), "--model", model, "--vllm", version,
+        [sys.executable, "-m", "vlmfleet.cli", "plan", "--nvidia-smi-csv", str(folder / "nvidia-smi-query.csv"),
+         "--nvidia-smi-topo", str(folder / "nvidia-smi-topo.txt"), "--model", model, "--vllm", version,
          "--max-model-len", "32768", "--max-num-seqs", "16", "--limit-images", "5", "--limit-videos", "0",
          "--max-pixels", "1003520", "--format", "json"], capture_output=True, text=True)
     assert proc.returncode in (0, 4), proc.stderr
-    now = json.loads(proc.stdout)
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.parametrize("model, version", CASES)
+def test_fixture_reproduces_the_live_plan(model, version):
+    live = json.loads((FIX / f"plan-{model}-{version}.json").read_text())
+    now = plan_from_capture(FIX, model, version)
     for key in ("gpus", "vllm", "engine", "verdict", "tp", "dtype", "quantization", "kv_bytes_per_token_per_gpu",
                 "image_tokens_max", "errors", "config_source"):
         assert now[key] == live[key], key
@@ -110,13 +115,7 @@ def test_the_h200_capture_reproduces_the_live_plan(model, version):
     """tools/capture_gpu_facts.sh ran the current planner on the lent H200 (`vlmfleet plan --gpus local`): the
     saved facts give exactly the plan it printed there."""
     live = json.loads((H200 / f"plan-{model}-{version}.json").read_text())
-    proc = subprocess.run(
-        [sys.executable, "-m", "vlmfleet.cli", "plan", "--nvidia-smi-csv", str(H200 / "nvidia-smi-query.csv"),
-         "--nvidia-smi-topo", str(H200 / "nvidia-smi-topo.txt"), "--model", model, "--vllm", version,
-         "--max-model-len", "32768", "--max-num-seqs", "16", "--limit-images", "5", "--limit-videos", "0",
-         "--max-pixels", "1003520", "--format", "json"], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == live
+    assert plan_from_capture(H200, model, version) == live
 
 
 def test_bad_data_on_the_h200_failed_before_any_change():

@@ -342,10 +342,6 @@ class VllmVersion:
         return self.memory.limit_mm_syntax
 
     @property
-    def max_frames_per_video(self) -> int:
-        return self.memory.max_frames_per_video
-
-    @property
     def default_max_pixels(self) -> int:
         """Qwen2.5-VL's processor default, the same in every version: 12,845,056 pixels = 16,384 tokens."""
         return 12845056
