@@ -223,14 +223,19 @@ def planning(facts: dict, name: str = "h1"):
 
 
 def recorded_ops(state: State, host) -> list[dict]:
-    """The operations pyinfra recorded for ``host``, in order: names and the commands they would run.
+    """The operations pyinfra recorded for ``host``, in order: names, the commands they would run, and the
+    ``_timeout`` pyinfra bounds each command by (when one is set).
     (Call inside ``planning()``: the generators read the host from pyinfra's context.)"""
     ops = []
     for op_hash in state.get_op_order():
         if op_hash not in state.ops[host]:
             continue
-        commands = state.get_op_data_for_host(host, op_hash).command_generator()
-        ops.append({"name": ", ".join(sorted(state.get_op_meta(op_hash).names)), "commands": parse_commands(commands)})
+        op_data = state.get_op_data_for_host(host, op_hash)
+        op = {"name": ", ".join(sorted(state.get_op_meta(op_hash).names)),
+              "commands": parse_commands(op_data.command_generator())}
+        if op_data.global_arguments.get("_timeout") is not None:
+            op["timeout"] = op_data.global_arguments["_timeout"]  # pyinfra's bound on each of its commands
+        ops.append(op)
     return ops
 
 
@@ -350,3 +355,23 @@ def test_apt_update_is_bounded_and_retried_and_really_gives_up(tmp_path):
     fake.write_text("#!/bin/sh\nexit 0\n")
     ok = subprocess.run(["sh", "-c", cmd], env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
     assert ok.returncode == 0
+
+
+# ---- bounded waits (issue 9) -------------------------------------------------------------------------------
+def test_a_bounded_command_is_killed_and_says_which_key_to_raise():
+    cmd = common.bounded("sleep 5", 1, "sleeping", "nap_timeout_s")
+    assert cmd == ("timeout -k 30 1 sleep 5; rc=$?; if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then echo 'sleeping: no "
+                   "result after 1s (nap_timeout_s); the network or the far end hangs — fix: check it, or raise "
+                   "nap_timeout_s' >&2; fi; exit $rc")
+    proc = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, timeout=20)
+    assert proc.returncode == 124 and proc.stderr == ("sleeping: no result after 1s (nap_timeout_s); the network or "
+                                                      "the far end hangs — fix: check it, or raise nap_timeout_s\n")
+    ok = subprocess.run(["sh", "-c", common.bounded("echo fine", 5, "x", "k")], capture_output=True, text=True)
+    assert (ok.returncode, ok.stdout, ok.stderr) == (0, "fine\n", "")
+    failed = subprocess.run(["sh", "-c", common.bounded("false", 5, "x", "k")], capture_output=True, text=True)
+    assert (failed.returncode, failed.stderr) == (1, "")  # a failure that is not a timeout keeps its own code
+
+
+def test_pyinfra_waits_a_minute_longer_than_the_command_bounds_itself():
+    assert common.pyinfra_timeout(3600) == 3660
+    assert common.apt_update_bound(600) == 3 * 615 + 60  # three tries, each with its kill grace and pause

@@ -34,7 +34,22 @@ def test_the_service_stage_alone_refuses_a_profile_whose_weights_and_image_are_m
         run_stages(["service"])
         ops = recorded_ops(state, host)
     assert [op["name"] for op in ops] == ["Check the service has what it runs"]  # preflight passed: a noop
+    assert ops[0]["timeout"] == 900  # command_timeout_s: every operation of a run is bounded
     (command,) = ops[0]["commands"]
     assert "h1: the service stage would start vllm-qwen7b without its verified weights and image on the host " \
            "(stages run: service)" in command
     assert "fix: run deploys/vlm.py first" in command
+
+
+def test_every_operation_is_bounded_and_the_pull_by_its_own_key():
+    """Issue 9, bounded waits: the pull is killed on the host after pull_timeout_s (and says so), pyinfra gives up
+    a minute later; anything without its own bound gets command_timeout_s, a deploy-wide argument."""
+    facts = json.loads(FIX.read_text())["facts"]
+    with planned(facts, {**DATA, "pull_timeout_s": 100}) as (state, host):
+        run_stages(["image"])
+        (pull,) = recorded_ops(state, host)
+    assert pull["name"] == "Image | Pull vllm/vllm-openai:v0.33.0" and pull["timeout"] == 160
+    assert pull["commands"] == [
+        "timeout -k 30 100 docker pull --quiet vllm/vllm-openai:v0.33.0; rc=$?; if [ $rc -eq 124 ] || [ $rc -eq 137 ]; "
+        "then echo 'docker pull vllm/vllm-openai:v0.33.0: no result after 100s (pull_timeout_s); the network or the "
+        "far end hangs — fix: check it, or raise pull_timeout_s' >&2; fi; exit $rc"]

@@ -425,6 +425,14 @@ SETTINGS: tuple[Setting, ...] = (
             "docker.io", choices=("docker-ce", "docker.io")),
     Setting("apt_timeout_s", 600, "int", "seconds one `apt-get update` may take before it is killed and tried "
             "again (3 tries; apt has been seen to hang with no traffic)", check=_at_least(10, 86400)),
+    Setting("command_timeout_s", 900, "int", "seconds any one command of the deploy may take (package installs, "
+            "docker and systemctl calls, facts); a host that hangs fails alone, naming the operation, and the "
+            "others go on. The pull, the weights fetch, apt-get update and the health check have their own",
+            check=_at_least(10, 86400)),
+    Setting("pull_timeout_s", 3600, "int", "seconds `docker pull` of the vLLM image may take before it is killed "
+            "(a registry that stops sending hangs it for ever)", check=_at_least(10, 86400)),
+    Setting("fetch_timeout_s", 21600, "int", "seconds the weights fetch may take before it is killed (it resumes "
+            "on the next run; nothing unverified is served)", check=_at_least(10, 7 * 86400)),
     Setting("docker_apt_url", "https://download.docker.com/linux/debian", "str", "Docker's apt repository "
             "(or a mirror of it)", check=_url),
     Setting("docker_data_root", "/var/lib/docker", "str", "where images are stored (checked for free disk)",

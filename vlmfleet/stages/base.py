@@ -14,7 +14,7 @@ from pyinfra.operations.util import any_changed
 from .. import dockerconfig
 from ..config import DAEMON_JSON_RECORD, STATE_DIR, HostConfig
 from ..facts import JsonFile
-from .common import DAEMON_JSON, apt_update
+from .common import DAEMON_JSON, apt_update, apt_update_bound
 
 BASE_PACKAGES = ["ca-certificates", "curl", "gnupg", "git", "git-lfs", "python3-venv"]
 DOCKER_KEY = "/etc/apt/keyrings/docker.asc"
@@ -48,7 +48,7 @@ def base(cfg: HostConfig) -> list:
     os_id, codename = (meta.get("ID") or "debian").lower(), meta.get("VERSION_CODENAME") or "bookworm"
 
     apt_update(name="Update apt's package lists (bounded in time, 3 tries)", timeout_s=cfg.apt_timeout_s,
-               cache_time=3600)
+               _timeout=apt_update_bound(cfg.apt_timeout_s), cache_time=3600)
     apt.packages(name="Install git-lfs and base tools", packages=BASE_PACKAGES)
 
     if cfg.docker_package == "docker-ce":
@@ -58,7 +58,7 @@ def base(cfg: HostConfig) -> list:
         repo = files.put(name="Add Docker's apt repository", dest="/etc/apt/sources.list.d/docker.list", mode="644",
                          src=StringIO(docker_repo_line(cfg.docker_apt_url, os_id, codename)))
         apt_update(name="Update apt after adding Docker's repository", timeout_s=cfg.apt_timeout_s,
-                   _if=any_changed(key, repo))
+                   _timeout=apt_update_bound(cfg.apt_timeout_s), _if=any_changed(key, repo))
         docker_pkgs = ["docker-ce", "docker-ce-cli", "containerd.io"]
     else:
         docker_pkgs = ["docker.io", "apparmor"]
@@ -80,6 +80,7 @@ def base(cfg: HostConfig) -> list:
                           dest="/etc/apt/sources.list.d/nvidia-container-toolkit.list",
                           src=StringIO(nvidia_repo_line(cfg.nvidia_toolkit_apt_url)))
         apt_update(name="Update apt after adding NVIDIA's repository", timeout_s=cfg.apt_timeout_s,
+                   _timeout=apt_update_bound(cfg.apt_timeout_s),
                    _if=any_changed(nkey, nrepo) if nkey else nrepo.did_change)
         apt.packages(name="Install the NVIDIA container toolkit", packages=["nvidia-container-toolkit"])
         if "nvidia" not in (current.get("runtimes") or {}):

@@ -105,6 +105,30 @@ def secret_file(src: str, dest: str, mode: str = "600", line_format: str = "{sec
     yield f"chown root:root {shlex.quote(dest)} && chmod {shlex.quote(mode)} {shlex.quote(dest)}"
 
 
+def bounded(command: str, timeout_s: int, what: str, key: str) -> str:
+    """``command`` killed after ``timeout_s`` seconds (SIGTERM, then SIGKILL 30 s later), saying so on stderr.
+
+    + command: a shell command line, e.g. ``docker pull --quiet vllm/vllm-openai:v0.33.0``
+    + what: what it does, for the message, e.g. ``docker pull vllm/vllm-openai:v0.33.0``
+    + key: the data key that sets the limit, e.g. ``pull_timeout_s``
+    """
+    message = shlex.quote(f"{what}: no result after {timeout_s}s ({key}); the network or the far end hangs — "
+                          f"fix: check it, or raise {key}")
+    return (f"timeout -k 30 {timeout_s} {command}; rc=$?; "
+            f"if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then echo {message} >&2; fi; exit $rc")
+
+
+def pyinfra_timeout(remote_s: int) -> int:
+    """The ``_timeout`` of an operation whose command bounds itself at ``remote_s``: pyinfra waits a minute more, so
+    the command's own message arrives first; pyinfra's limit stays a backstop for a host that stops answering."""
+    return remote_s + 60
+
+
+def apt_update_bound(timeout_s: int, tries: int = 3) -> int:
+    """The ``_timeout`` of an apt update whose tries are each bounded by ``timeout_s`` (kill grace and pause included)."""
+    return pyinfra_timeout(tries * (timeout_s + 15))
+
+
 def apt_update_command(timeout_s: int, tries: int = 3) -> str:
     """``apt-get update`` bounded in time and retried: apt has been seen to hang for good with no network
     traffic (its http method idle), and a deploy must not wait forever on one host.

@@ -15,6 +15,7 @@ from ..config import HostConfig
 from ..facts import CommandJson
 from ..paths import PACKAGE_DIR
 from ..planner import Plan
+from .common import pyinfra_timeout
 
 
 def health_url(cfg: HostConfig) -> str:
@@ -72,6 +73,8 @@ def health(cfg: HostConfig, plan: Plan, react_to: list) -> None:
         name="Check the server: /health, /v1/models, chat (text, image), /metrics (within its deadline)",
         commands=[f"{health_command(cfg, plan.version.metrics, deadline)} > {result}.tmp && mv {result}.tmp {result}"],
         _if=must_check,
+        # the check bounds itself by its deadline (then a chat, an image, /metrics); this is the backstop
+        _timeout=pyinfra_timeout(deadline + 240),
     )
 
     def report() -> None:

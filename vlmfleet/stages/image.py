@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shlex
+
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import server
 
 from ..config import HostConfig
 from ..facts import DockerImage
+from .common import bounded, pyinfra_timeout
 
 
 @deploy("Image")
@@ -23,4 +26,6 @@ def image(cfg: HostConfig) -> list:
     if have:
         host.noop(f"image {ref} is already present ({have['id'][:19]})")
         return []
-    return [server.shell(name=f"Pull {ref}", commands=[f"docker pull --quiet {ref}"])]
+    pull = bounded(f"docker pull --quiet {shlex.quote(ref)}", cfg.pull_timeout_s, f"docker pull {ref}", "pull_timeout_s")
+    return [server.shell(name=f"Pull {ref}", commands=[pull],
+                         _timeout=pyinfra_timeout(cfg.pull_timeout_s))]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pyinfra import host
 
-from ..config import STAGES
+from ..config import BY_KEY, STAGES
 from .common import fail_host, host_config
 
 
@@ -25,18 +25,21 @@ def run_stages(only: list[str] | None = None) -> None:
     from .weights import weights
 
     cfg, problems = host_config()
-    verdict = preflight(cfg, problems)
+    # every command of every stage is bounded (pyinfra's _timeout, a deploy-wide argument): a host that hangs fails
+    # alone, naming the operation; the pull, the fetch, apt and the health check set their own, longer bounds
+    bound = {"_timeout": cfg.command_timeout_s if cfg else BY_KEY["command_timeout_s"].default}
+    verdict = preflight(cfg, problems, **bound)
     if cfg is None or not verdict.ok:
         return  # the host fails at the preflight gate; nothing after it is planned
     wanted = set(only or cfg.vlm_stages)
     restart_for: list = []
     started: list = []
     if "base" in wanted:
-        started += base(cfg)  # a dockerd restart restarts the vLLM container: the health stage checks it
+        started += base(cfg, **bound)  # a dockerd restart restarts the vLLM container: the health stage checks it
     if "weights" in wanted:
-        restart_for += weights(cfg, verdict.plan)
+        restart_for += weights(cfg, verdict.plan, **bound)
     if "image" in wanted:
-        restart_for += image(cfg)
+        restart_for += image(cfg, **bound)
     missing = [what for what, there, stage in (("verified weights", verdict.weights_ready, "weights"),
                                                ("image", verdict.image_present, "image"))
                if not there and stage not in wanted]
@@ -45,12 +48,12 @@ def run_stages(only: list[str] | None = None) -> None:
         fail_host(name="Check the service has what it runs", reasons=[
             f"{host.name}: the service stage would start {cfg.service} without its {' and '.join(missing)} on the "
             f"host (stages run: {', '.join(s for s in STAGES if s in wanted)}) — fix: run deploys/vlm.py first (or "
-            "add the weights and image stages to vlm_stages)"])
+            "add the weights and image stages to vlm_stages)"], **bound)
         return
     if "service" in wanted:
-        started += service(cfg, verdict.plan, restart_for)
+        started += service(cfg, verdict.plan, restart_for, **bound)
     if "health" in wanted:
-        health(cfg, verdict.plan, started)
+        health(cfg, verdict.plan, started, **bound)
 
 
 __all__ = ["run_stages", "STAGES"]

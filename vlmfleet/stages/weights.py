@@ -11,7 +11,7 @@ from ..config import HostConfig
 from ..facts import CommandJson
 from ..paths import PACKAGE_DIR
 from ..planner import Plan
-from .common import secret_file
+from .common import bounded, pyinfra_timeout, secret_file
 
 
 @deploy("Weights")
@@ -52,6 +52,7 @@ def weights(cfg: HostConfig, plan: Plan) -> list:
         host.noop(f"{paths.weights}: {', '.join(state.get('bad', []))} failed verification: fetching again")
     fetch = server.shell(
         name="Fetch the profile's checkpoint and verify every file",
-        commands=[w.fetch_command(cfg)],
+        commands=[bounded(w.fetch_command(cfg), cfg.fetch_timeout_s, f"fetching {model.hf}", "fetch_timeout_s")],
+        _timeout=pyinfra_timeout(cfg.fetch_timeout_s),
     )
     return [fetch]
