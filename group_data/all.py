@@ -26,3 +26,8 @@ Examples (uncomment and edit):
 # Where things live on the hosts:
 # model_dir = "/srv/models"
 # docker_data_root = "/var/lib/docker"
+
+# A host that stops answering must not hold the run: paramiko waits an hour by default to open the channel of a
+# command, before any command time limit applies (vlmfleet's command_timeout_s and friends). This is pyinfra's own
+# key; keep channel_timeout in it if you add other paramiko options.
+ssh_paramiko_connect_kwargs = {"channel_timeout": 60}

@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import pytest
 
-from vlmfleet.config import BY_KEY, SETTINGS, STAGES, build, config_for, defaults
+from vlmfleet.config import FOREIGN, BY_KEY, SETTINGS, STAGES, build, config_for, defaults
 
 REPO = Path(__file__).resolve().parent.parent
 GOOD = {"vlm_profile": "qwen7b", "api_key_file": "/k"}
@@ -327,7 +327,8 @@ def test_group_files_set_only_known_keys():
         tree = ast.parse(f.read_text())
         names = [t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
                  if isinstance(t, ast.Name) and not t.id.startswith("_")]
-        assert [n for n in names if n not in BY_KEY and n != "__all__"] == [], f.name
+        # vlmfleet's keys, or keys pyinfra owns (ssh_*: group_data/all.py bounds paramiko's channel wait)
+        assert [n for n in names if n not in BY_KEY and n != "__all__" and not FOREIGN.match(n)] == [], f.name
 
 
 def test_the_data_key_reference_is_generated_from_the_schema():
