@@ -95,8 +95,7 @@ def propose_fix(p: Plan) -> Proposal | None:
     # 0. the version refuses to start above what is free at start: the largest utilisation below that, which
     #    every later step keeps (and never raises past)
     if not base.startup_ok:
-        nt = base.memory.non_torch_total - base.memory.non_torch
-        u = int((base.memory.total - nt) / base.memory.total * 100) / 100
+        u = base.memory.startup_max_utilization
         base_wish = replace(base_wish, gpu_memory_utilization=u)
         changes = {**changes, "gpu_memory_utilization": u}
         q = attempt(base_wish)

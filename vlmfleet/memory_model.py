@@ -174,6 +174,11 @@ def lm_bytes(m: Model, tp: int, tokens: int, seqs: int, dtype_bytes: int) -> int
     return tokens * per_token + logits
 
 
+#: The non-torch parts, in the order vLLM creates them, and how plans name them.
+NON_TORCH_PARTS = ("context", "cublas", "nccl")
+NON_TORCH_NAMES = {"context": "the CUDA context", "cublas": "cuBLAS", "nccl": "NCCL"}
+
+
 @dataclass(frozen=True)
 class NonTorch:
     """Memory outside PyTorch's allocator on one GPU, in bytes: what exists and what the version charges."""

@@ -58,6 +58,16 @@ class Memory:
     non_torch_total: int = 0  # context + cuBLAS + NCCL, charged or not
     margin: int = 0  # the estimate's tolerance, taken off kv_cache before a verdict of "fits"
 
+    @property
+    def free_at_start(self) -> int:
+        """What is free when vLLM takes its baseline: the total less the non-torch memory it does not charge."""
+        return self.total - (self.non_torch_total - self.non_torch)
+
+    @property
+    def startup_max_utilization(self) -> float:
+        """The largest utilisation (in hundredths) whose budget the memory free at start still covers."""
+        return int(self.free_at_start / self.total * 100) / 100
+
 
 @dataclass
 class Plan:
@@ -238,13 +248,12 @@ def _count(m: Model, inv: Inventory, b: Any, r: Wish, engine: str, dtype: str, l
     kv_per_token = kv_bytes_per_token(m, tp, KV_DTYPE_BYTES.get(r.kv_cache_dtype) or dbytes)
     blocks = kv_budget // (kv_per_token * BLOCK_SIZE) if kv_budget > 0 else 0
     margin = int(max(TOLERANCE_GIB * GIB, TOLERANCE_FRACTION * abs(kv_budget), RESERVE_OF_WEIGHTS * weights))
-    before_snapshot = nt.total - nt.charged  # exists when vLLM takes its baseline: must fit in (1 - util)
     memory = Memory(total=total, budget=budget, weights=weights, activation=activation, encoder_peak=enc, lm_peak=lm,
                     non_torch=nt.charged, cudagraph=graphs, kv_cache=kv_budget, non_torch_total=nt.total, margin=margin)
     # V1 from 0.9.1 refuses to start when what it does not charge leaves less free than the budget (V0 never)
     checks = b.startup_free_check and engine == "V1"
     return _Count(memory, prof, nt, img_tok, kv_per_token, int(blocks * BLOCK_SIZE),
-                  not checks or total - before_snapshot >= budget)
+                  not checks or memory.free_at_start >= budget)
 
 
 def _with_memory(m: Model, inv: Inventory, version: VllmVersion, wish: Wish, r: Wish, engine: str, dtype: str,
@@ -254,14 +263,12 @@ def _with_memory(m: Model, inv: Inventory, version: VllmVersion, wish: Wish, r: 
     b = version.memory
     c = _count(m, inv, b, r, engine, dtype, loaded_weights, profile_len)
     mem, nt, util = c.memory, c.non_torch, float(r.gpu_memory_utilization)
-    free_at_start = mem.total - (nt.total - nt.charged)
+    free_at_start = mem.free_at_start
     if not c.startup_ok:
-        most = int(free_at_start / mem.total * 100) / 100
-        names = {"context": "the CUDA context", "cublas": "cuBLAS", "nccl": "NCCL"}
-        before = [names[x] for x in ("context", "cublas", "nccl") if x not in nt.charged_parts and getattr(nt, x)]
+        before = [mm.NON_TORCH_NAMES[x] for x in mm.NON_TORCH_PARTS if x not in nt.charged_parts and getattr(nt, x)]
         notes.append(f"vLLM {version.version} refuses to start: free memory at start ({free_at_start / GIB:.2f} GiB, "
                      f"after {' and '.join(before)}) is below gpu_memory_utilization {util:.2f} x "
-                     f"{mem.total / GIB:.2f} GiB; at most {most:.2f}")
+                     f"{mem.total / GIB:.2f} GiB; at most {mem.startup_max_utilization:.2f}")
     if mem.cudagraph and not b.cudagraph_charged and free_at_start - mem.budget < mem.cudagraph:
         warnings.append(Finding("gpu_memory_utilization", f"vLLM {version.version} captures CUDA graphs "
                                 f"(~{mem.cudagraph / GIB:.1f} GiB) after allocating the KV cache, from what the "

@@ -7,6 +7,7 @@ import io
 import json
 from dataclasses import replace
 
+from . import memory_model as mm
 from .catalog import GIB
 from .flags import command_line, serve_args, serve_env
 from .planner import Plan, plan
@@ -49,9 +50,8 @@ def breakdown_rows(p: Plan) -> list[tuple[str, str, str]]:
 
 def _non_torch_note(p: Plan) -> str:
     """Which non-torch memory this version charges (catalog memory: non_torch_charged_*), and what it does not."""
-    charged = [x for x in p.version.memory.non_torch_charged(p.engine) if x != "nccl" or p.tp > 1]
-    names = {"context": "CUDA context", "cublas": "cuBLAS", "nccl": "NCCL"}
-    parts = ", ".join(names[x] for x in charged) or "nothing"
+    charged = mm.non_torch(p.version.memory, p.engine, p.tp, p.inventory.interconnect).charged_parts
+    parts = ", ".join(mm.NON_TORCH_NAMES[x].removeprefix("the ") for x in charged) or "nothing"
     rest = (p.memory.non_torch_total - p.memory.non_torch) / 2**30
     return f"charged by {p.version.version}: {parts}" + (f"; {rest:.2f} more not charged" if rest > 0.005 else "") + \
         " (estimate)"

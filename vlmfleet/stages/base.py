@@ -14,13 +14,11 @@ from pyinfra.operations.util import any_changed
 from .. import dockerconfig
 from ..config import DAEMON_JSON_RECORD, STATE_DIR, HostConfig
 from ..facts import JsonFile
-from .common import DAEMON_JSON, apt_update, apt_update_bound
+from .common import DAEMON_JSON, bounded_apt_update
 
 BASE_PACKAGES = ["ca-certificates", "curl", "gnupg", "git", "git-lfs", "python3-venv"]
 DOCKER_KEY = "/etc/apt/keyrings/docker.asc"
 NVIDIA_KEY = "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
-#: the daemon.json keys (and list items) vlmfleet merged last time: what it may take out again
-DAEMON_OPTIONS_RECORD = DAEMON_JSON_RECORD
 
 
 def docker_repo_line(url: str, os_id: str, codename: str) -> str:
@@ -47,8 +45,7 @@ def base(cfg: HostConfig) -> list:
     meta = (host.get_fact(LinuxDistribution) or {}).get("release_meta") or {}
     os_id, codename = (meta.get("ID") or "debian").lower(), meta.get("VERSION_CODENAME") or "bookworm"
 
-    apt_update(name="Update apt's package lists (bounded in time, 3 tries)", timeout_s=cfg.apt_timeout_s,
-               _timeout=apt_update_bound(cfg.apt_timeout_s), cache_time=3600)
+    bounded_apt_update(cfg, "Update apt's package lists (bounded in time, 3 tries)", cache_time=3600)
     apt.packages(name="Install git-lfs and base tools", packages=BASE_PACKAGES)
 
     if cfg.docker_package == "docker-ce":
@@ -57,8 +54,7 @@ def base(cfg: HostConfig) -> list:
                              dest=DOCKER_KEY, mode="644")
         repo = files.put(name="Add Docker's apt repository", dest="/etc/apt/sources.list.d/docker.list", mode="644",
                          src=StringIO(docker_repo_line(cfg.docker_apt_url, os_id, codename)))
-        apt_update(name="Update apt after adding Docker's repository", timeout_s=cfg.apt_timeout_s,
-                   _timeout=apt_update_bound(cfg.apt_timeout_s), _if=any_changed(key, repo))
+        bounded_apt_update(cfg, "Update apt after adding Docker's repository", _if=any_changed(key, repo))
         docker_pkgs = ["docker-ce", "docker-ce-cli", "containerd.io"]
     else:
         docker_pkgs = ["docker.io", "apparmor"]
@@ -79,16 +75,15 @@ def base(cfg: HostConfig) -> list:
         nrepo = files.put(name="Add NVIDIA's container toolkit repository", mode="644",
                           dest="/etc/apt/sources.list.d/nvidia-container-toolkit.list",
                           src=StringIO(nvidia_repo_line(cfg.nvidia_toolkit_apt_url)))
-        apt_update(name="Update apt after adding NVIDIA's repository", timeout_s=cfg.apt_timeout_s,
-                   _timeout=apt_update_bound(cfg.apt_timeout_s),
-                   _if=any_changed(nkey, nrepo) if nkey else nrepo.did_change)
+        bounded_apt_update(cfg, "Update apt after adding NVIDIA's repository",
+                           _if=any_changed(nkey, nrepo) if nkey else nrepo.did_change)
         apt.packages(name="Install the NVIDIA container toolkit", packages=["nvidia-container-toolkit"])
         if "nvidia" not in (current.get("runtimes") or {}):
             server.shell(name="Register the nvidia runtime with Docker (nvidia-ctk runtime configure)",
                          commands=["nvidia-ctk runtime configure --runtime=docker"])
 
     files.directory(name="Create /etc/docker", path="/etc/docker", mode="755")
-    record = host.get_fact(JsonFile, path=DAEMON_OPTIONS_RECORD)
+    record = host.get_fact(JsonFile, path=DAEMON_JSON_RECORD)
     before = record.get("data", {}) if record.get("valid") else {}
     wanted = dockerconfig.ours(cfg)
     merged = dockerconfig.merge(current, wanted, retired=before)
@@ -100,7 +95,7 @@ def base(cfg: HostConfig) -> list:
         daemon = files.put(name="Merge vlmfleet's keys into /etc/docker/daemon.json", dest=DAEMON_JSON, mode="644",
                            src=StringIO(dockerconfig.render(merged)))
     files.directory(name=f"Create {STATE_DIR}", path=STATE_DIR, mode="755")
-    files.put(name="Record the daemon.json keys vlmfleet set", dest=DAEMON_OPTIONS_RECORD, mode="644",
+    files.put(name="Record the daemon.json keys vlmfleet set", dest=DAEMON_JSON_RECORD, mode="644",
               src=StringIO(dockerconfig.render(record_now)))
     systemd.service(name="Enable and start Docker", service="docker.service", running=True, enabled=True)
     if daemon is None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, operation
 from pyinfra.facts.files import Sha256File
-from pyinfra.operations import apt
+from pyinfra.operations import apt, server
 
 from .. import config
 from ..config import STATE_DIR, UPLOAD_DIR, HostConfig, Problem
@@ -122,6 +122,25 @@ def pyinfra_timeout(remote_s: int) -> int:
     """The ``_timeout`` of an operation whose command bounds itself at ``remote_s``: pyinfra waits a minute more, so
     the command's own message arrives first; pyinfra's limit stays a backstop for a host that stops answering."""
     return remote_s + 60
+
+
+def bounded_shell(cfg: HostConfig, key: str, *, name: str, command: str, what: str):
+    """A ``server.shell`` operation running ``command`` killed on the host after the limit ``cfg.<key>``, and given
+    up by pyinfra a minute later.
+
+    + key: the data key of the limit, e.g. ``"pull_timeout_s"``
+    + what: what the command does, for the message, e.g. ``"docker pull vllm/vllm-openai:v0.33.0"``
+    """
+    limit = int(getattr(cfg, key))
+    return server.shell(name=name, commands=[bounded(command, limit, what, key)], _timeout=pyinfra_timeout(limit))
+
+
+def bounded_apt_update(cfg: HostConfig, name: str, **kwargs):
+    """``apt_update`` with its tries bounded by ``cfg.apt_timeout_s`` and pyinfra's backstop beyond them.
+
+    + kwargs: e.g. ``cache_time=3600``, ``_if=repo.did_change``
+    """
+    return apt_update(name=name, timeout_s=cfg.apt_timeout_s, _timeout=apt_update_bound(cfg.apt_timeout_s), **kwargs)
 
 
 def apt_update_bound(timeout_s: int, tries: int = 3) -> int:

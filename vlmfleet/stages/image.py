@@ -6,11 +6,10 @@ import shlex
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import server
 
 from ..config import HostConfig
 from ..facts import DockerImage
-from .common import bounded, pyinfra_timeout
+from .common import bounded_shell
 
 
 @deploy("Image")
@@ -26,6 +25,5 @@ def image(cfg: HostConfig) -> list:
     if have:
         host.noop(f"image {ref} is already present ({have['id'][:19]})")
         return []
-    pull = bounded(f"docker pull --quiet {shlex.quote(ref)}", cfg.pull_timeout_s, f"docker pull {ref}", "pull_timeout_s")
-    return [server.shell(name=f"Pull {ref}", commands=[pull],
-                         _timeout=pyinfra_timeout(cfg.pull_timeout_s))]
+    return [bounded_shell(cfg, "pull_timeout_s", name=f"Pull {ref}", command=f"docker pull --quiet {shlex.quote(ref)}",
+                          what=f"docker pull {ref}")]

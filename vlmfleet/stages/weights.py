@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import files, pip, server
+from pyinfra.operations import files, pip
 
 from .. import weights as w
 from ..config import HostConfig
 from ..facts import CommandJson
 from ..paths import PACKAGE_DIR
 from ..planner import Plan
-from .common import bounded, pyinfra_timeout, secret_file
+from .common import bounded_shell, secret_file
 
 
 @deploy("Weights")
@@ -50,9 +50,6 @@ def weights(cfg: HostConfig, plan: Plan) -> list:
         return []
     if state.get("state") == "corrupt":
         host.noop(f"{paths.weights}: {', '.join(state.get('bad', []))} failed verification: fetching again")
-    fetch = server.shell(
-        name="Fetch the profile's checkpoint and verify every file",
-        commands=[bounded(w.fetch_command(cfg), cfg.fetch_timeout_s, f"fetching {model.hf}", "fetch_timeout_s")],
-        _timeout=pyinfra_timeout(cfg.fetch_timeout_s),
-    )
+    fetch = bounded_shell(cfg, "fetch_timeout_s", name="Fetch the profile's checkpoint and verify every file",
+                          command=w.fetch_command(cfg), what=f"fetching {model.hf}")
     return [fetch]
