@@ -52,3 +52,9 @@ def test_a_log_is_left_out_only_by_its_fixture_saying_why():
 def test_the_docs_table_is_the_generated_one():
     assert (ROOT / "docs" / "calibration.md").read_text() == calibration.markdown(ROWS), \
         "docs/calibration.md is stale: regenerate with `.venv/bin/python tools/regen_docs.py`"
+
+
+def test_every_log_a_constant_was_fitted_on_is_a_compared_row():
+    ids = {r.log["id"] for r in COMPARED}
+    for estimate, _, logs, _ in calibration.fitted():
+        assert {log for log, _ in logs} <= ids, estimate

@@ -16,9 +16,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .catalog import GIB, MIB, CatalogError, gpu_kind, model, planning_version, version_key
+from .catalog import GIB, MIB, CatalogError, estimates, gpu_kind, model, planning_version, version_key
 from .gpus import Inventory, parse_spec
-from .planner import LIMITS, TOLERANCE_FRACTION, TOLERANCE_GIB, Plan, Wish, evaluate
+from .planner import LIMITS, RESERVE_OF_WEIGHTS, TOLERANCE_FRACTION, TOLERANCE_GIB, Plan, Wish, evaluate
 
 WISH_FIELDS = ("tp", "gpu_memory_utilization", "max_model_len", "max_num_seqs", "max_num_batched_tokens",
                "limit_images", "limit_videos", "max_pixels", "dtype", "kv_cache_dtype", "enforce_eager", "quantization")
@@ -117,19 +117,27 @@ def rows(folder: str | Path) -> list[Row]:
     return [replay(log) for log in load(folder)]
 
 
-#: The estimates chosen on these logs, and which ones (the others are read from vLLM's code or measured).
-FITTED = [
-    ("encoder_factor", "0.72", "tsailiming-byom-l4-tp1-7b-v1 (an image), scpwcsdgpu1-readme-a100-80-tp1-7b-v1-oom (a video)"),
-    ("nccl_gib.pcie", "0.25 GiB", "tsailiming-multigpu-l4-tp2-7b-v1"),
-    ("decoder_hidden_copies", "6", "unsloth-notebooks-t4-tp1-7b-bnb4-v0, vllm-16570-a100-40g-tp4-72b-v0-oom"),
-    ("weights_extra_gib", "0.19 GiB", "tsailiming-byom-l4-tp1-7b-v1, scpwcsdgpu1-readme-a100-80-tp1-7b-v1-oom "
-     "('Model loading took' 15.63 and 15.67 GiB for 15.45 of parameters)"),
-    ("reserve (planner.RESERVE_OF_WEIGHTS)", "6 % of the weights per GPU", "vllm-16570-a100-40g-tp4-72b-v1-oom"),
-]
+#: The estimates chosen on these logs, and on which (the others are read from vLLM's code or measured): the
+#: estimate, its value as the catalog has it, the logs (each with what it showed), and a remark.
+def fitted() -> list[tuple[str, str, tuple[tuple[str, str], ...], str]]:
+    e = estimates()
+    return [
+        ("encoder_factor", f"{e['encoder_factor']}", (("tsailiming-byom-l4-tp1-7b-v1", "an image"),
+                                                      ("scpwcsdgpu1-readme-a100-80-tp1-7b-v1-oom", "a video")), ""),
+        ("nccl_gib.pcie", f"{e['nccl_gib']['pcie']} GiB", (("tsailiming-multigpu-l4-tp2-7b-v1", ""),), ""),
+        ("decoder_hidden_copies", f"{int(e['decoder_hidden_copies'])}",
+         (("unsloth-notebooks-t4-tp1-7b-bnb4-v0", ""), ("vllm-16570-a100-40g-tp4-72b-v0-oom", "")), ""),
+        ("weights_extra_gib", f"{e['weights_extra_gib']} GiB",
+         (("tsailiming-byom-l4-tp1-7b-v1", ""), ("scpwcsdgpu1-readme-a100-80-tp1-7b-v1-oom", "")),
+         "('Model loading took' 15.63 and 15.67 GiB for 15.45 of parameters)"),
+        ("reserve (planner.RESERVE_OF_WEIGHTS)", f"{RESERVE_OF_WEIGHTS * 100:.0f} % of the weights per GPU",
+         (("vllm-16570-a100-40g-tp4-72b-v1-oom", ""),), ""),
+    ]
 
 
-def _ids(text: str) -> list[str]:
-    return [w.strip(" ,()") for w in text.split() if "-" in w and w.strip(" ,()").count("-") >= 3]
+def _fitted_on(logs: tuple[tuple[str, str], ...], remark: str) -> str:
+    text = ", ".join(log + (f" ({what})" if what else "") for log, what in logs)
+    return text + (f" {remark}" if remark else "")
 
 
 def _f(x: float | None, fmt: str = "{:.2f}") -> str:
@@ -179,8 +187,9 @@ def markdown(all_rows: list[Row]) -> str:
             "from vLLM's code or measured), so the table shows the model is consistent with them, and the rows that "
             "fitted nothing are the fairer test.", "",
             "| estimate (catalog/vllm.yaml) | value | fitted on |", "|---|---|---|"]
-    out += [f"| `{k}` | {v} | {w} |" for k, v, w in FITTED]
-    held = sorted({r.log["id"] for r in comparable} - {i for _, _, w in FITTED for i in _ids(w)})
+    table = fitted()
+    out += [f"| `{k}` | {v} | {_fitted_on(logs, remark)} |" for k, v, logs, remark in table]
+    held = sorted({r.log["id"] for r in comparable} - {log for _, _, logs, _ in table for log, _ in logs})
     out += ["", "Fitted nothing: " + ", ".join(held) + " (the language-only T4 log shares its setting with the fitted "
             "T4 one, so only its checkpoint differs)."]
     skipped = [r for r in all_rows if not r.plan]

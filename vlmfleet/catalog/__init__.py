@@ -374,14 +374,11 @@ def planning_version(version: str) -> VllmVersion:
     with its own memory behaviour and the flag table, kv dtypes and metrics of the nearest catalog version."""
     versions = vllm_versions()
     v = version.strip().lstrip("v")
-    version_key(v)  # a release number, or a CatalogError saying what one looks like
-    base_release = VERSION_RE.fullmatch(v).group(1)
-    if base_release in versions and v != base_release:  # 0.8.2.post1: 0.8.2's tables, its own name
-        return replace(versions[base_release], version=v)
-    if v in versions:
-        return versions[v]
+    key = version_key(v)  # a release number, or a CatalogError saying what one looks like
+    base_release = ".".join(map(str, key))  # 0.8.2.post1 -> 0.8.2 (no leading zeros: the same digits)
+    if base_release in versions:  # 0.8.2 itself, or 0.8.2.post1: 0.8.2's tables under its own name
+        return versions[v] if v == base_release else replace(versions[base_release], version=v)
     mem = behaviour(v)
-    key = version_key(v)
     below = [c for c in versions if version_key(c) <= key]
     near = max(below, key=version_key) if below else min(versions, key=version_key)
     base = versions[near]
