@@ -33,9 +33,13 @@ def test_the_service_stage_alone_refuses_a_profile_whose_weights_and_image_are_m
     with planned(facts, DATA) as (state, host):
         run_stages(["service"])
         ops = recorded_ops(state, host)
-    assert [op["name"] for op in ops] == ["Check the service has what it runs"]  # preflight passed: a noop
-    assert ops[0]["timeout"] == 900  # command_timeout_s: every operation of a run is bounded
-    (command,) = ops[0]["commands"]
+    # preflight passed (a noop); the lock is taken at execution (no command planned); the host fails before any
+    # change, and the lock is released by the error callback (vlmfleet/stages/rollout.py)
+    assert [op["name"] for op in ops] == ["Take the host's rollout lock (one rollout at a time)",
+                                          "Check the service has what it runs"]
+    assert ops[0]["commands"] == []
+    assert ops[1]["timeout"] == 900  # command_timeout_s: every operation of a run is bounded
+    (command,) = ops[1]["commands"]
     assert "h1: the service stage would start vllm-qwen7b without its verified weights and image on the host " \
            "(stages run: service)" in command
     assert "fix: run deploys/vlm.py first" in command
@@ -47,7 +51,8 @@ def test_every_operation_is_bounded_and_the_pull_by_its_own_key():
     facts = json.loads(FIX.read_text())["facts"]
     with planned(facts, {**DATA, "pull_timeout_s": 100}) as (state, host):
         run_stages(["image"])
-        (pull,) = recorded_ops(state, host)
+        lock, pull, unlock = recorded_ops(state, host)
+    assert [lock["commands"], unlock["commands"]] == [[], []]  # bookkeeping at execution time, not changes
     assert pull["name"] == "Image | Pull vllm/vllm-openai:v0.33.0" and pull["timeout"] == 160
     assert pull["commands"] == [
         "timeout -k 30 100 docker pull --quiet vllm/vllm-openai:v0.33.0; rc=$?; if [ $rc -eq 124 ] || [ $rc -eq 137 ]; "

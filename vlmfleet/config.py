@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 from . import daemon_options
 from .catalog import CatalogError, Model, model, profile, profiles, vllm_version, vllm_versions
 from .planner import LIMITS
+from .rollout import DEFAULT_BATCHES, batch_problem
 
 STAGES = ("preflight", "base", "weights", "image", "service", "health")
 
@@ -112,6 +113,12 @@ def _at_least(low: int | float, high: int | float, what: str = "") -> Callable[[
         if not low <= v <= high:
             raise Bad(f"must be between {low} and {high}{what}")
     return check
+
+
+def _batches(v: Any) -> None:
+    why = batch_problem(v)
+    if why:
+        raise Bad(why, fixed=list(DEFAULT_BATCHES))
 
 
 def _wish_range(field: str) -> Callable[[Any], None]:
@@ -450,6 +457,19 @@ SETTINGS: tuple[Setting, ...] = (
     # -- the run
     Setting("vlm_stages", list(STAGES), "list", "stages deploys/vlm.py runs, in order (e.g. --data "
             "vlm_stages=preflight,health)", check=_stages),
+    # -- safe rollouts (docs/operations.md)
+    Setting("rollout_batches", list(DEFAULT_BATCHES), "list", "servers restart in batches, each a count or a "
+            "percentage of the hosts serving the same profile in this run; the last entry repeats. A batch "
+            "restarts only when every host before it is healthy again; the first failure stops the rollout",
+            check=_batches),
+    Setting("rollout_break_lock", False, "bool", "DANGEROUS: take a host's rollout lock that another run holds "
+            "(only when that run is dead: interrupted, its machine gone); the lock says who and since when",
+            dangerous=True),
+    Setting("startup_ladder_steps", 3, "int", "when vLLM runs out of memory at startup (its own messages in the "
+            "journal), try up to this many rungs of lower memory (utilisation -0.05, max_model_len x3/4, fp8 KV) "
+            "before rolling back; 0: roll back at once", check=_at_least(0, 3)),
+    Setting("stop_timeout_s", 60, "int", "seconds a stopping server gets to finish in-flight requests "
+            "(docker stop --time) before it is killed", check=_at_least(1, 3600)),
 )
 
 BY_KEY = {s.key: s for s in SETTINGS}
@@ -469,6 +489,9 @@ class RemotePaths:
     + secrets_dir: ``/etc/vlmfleet/secrets`` (root, 0700) — <service>.env, <service>.auth, hub-token
     + state_dir: ``/var/lib/vlmfleet`` — <service>.plan.json (what the planner decided), health/<service>.json
     + weights: ``/srv/models/Qwen2.5-VL-7B-Instruct``, mounted read-only at ``/models/Qwen2.5-VL-7B-Instruct``
+    + release_dir: ``/var/lib/vlmfleet/releases/vllm-qwen7b`` (0700) — candidate/, good/, previous/, state.json,
+      history.jsonl (vlmfleet-release; docs/operations.md)
+    + lock_file: ``/var/lib/vlmfleet/rollout.lock`` — who holds the host's rollout lock, since when
     """
 
     tools_dir: str
@@ -492,6 +515,10 @@ class RemotePaths:
     manifest: str
     config_json: str
     container_weights: str
+    release_bin: str
+    release_dir: str
+    candidate_dir: str
+    lock_file: str
 
 
 #: written by vlmfleet-fetch into the checkpoint folder once every file is verified
@@ -594,6 +621,10 @@ HEALTH_DIR = f"{STATE_DIR}/health"
 DAEMON_JSON_RECORD = f"{STATE_DIR}/daemon-json-keys.json"
 #: where the SSH user uploads a secret before root moves it into place (root-owned parent: no planted symlink)
 UPLOAD_DIR = f"{STATE_DIR}/upload"
+#: one folder per served profile: the candidate, the known-good and the previous release, state and history
+RELEASES_DIR = f"{STATE_DIR}/releases"
+#: one rollout at a time acts on a host
+ROLLOUT_LOCK = f"{STATE_DIR}/rollout.lock"
 
 
 def service_files(service: str) -> dict[str, str]:
@@ -610,6 +641,8 @@ def remote_paths(tools_dir: str, model_dir: str, service: str, repo_dir: str) ->
     return RemotePaths(
         tools_dir=tools, venv=f"{tools}/venv", python=f"{tools}/venv/bin/python",
         fetch_bin=f"{tools}/bin/vlmfleet-fetch", health_bin=f"{tools}/bin/vlmfleet-health",
+        release_bin=f"{tools}/bin/vlmfleet-release", release_dir=f"{RELEASES_DIR}/{service}",
+        candidate_dir=f"{RELEASES_DIR}/{service}/candidate", lock_file=ROLLOUT_LOCK,
         health_image=f"{tools}/share/health-check.png",
         config_dir=CONFIG_DIR, secrets_dir=SECRETS_DIR, token_file=f"{SECRETS_DIR}/hub-token",
         state_dir=STATE_DIR, health_dir=HEALTH_DIR, unit_name=f"{service}.service",
@@ -645,6 +678,10 @@ def normalize(data: Mapping[str, Any]) -> dict[str, Any]:
     devices = out.get("gpu_devices")
     if isinstance(devices, str) and re.fullmatch(r"\s*\d+(\s*,\s*\d+)*\s*", devices):
         out["gpu_devices"] = [int(x) for x in devices.split(",")]
+    batches = out.get("rollout_batches")
+    if isinstance(batches, str):  # --data rollout_batches=1,25%,100%
+        out["rollout_batches"] = [int(x) if x.strip().isdigit() else x.strip() for x in batches.split(",")
+                                  if x.strip()]
     if isinstance(out.get("gpu_devices"), int) and not isinstance(out.get("gpu_devices"), bool):
         out["gpu_devices"] = [out["gpu_devices"]]
     return out

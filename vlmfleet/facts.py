@@ -140,3 +140,24 @@ class CommandJson(FactBase):
             return json.loads("\n".join(output))
         except json.JSONDecodeError:
             return None
+
+
+class ReleaseStatus(FactBase):
+    """What ``vlmfleet-release status`` says of one served profile, with the sha256 of the live unit file:
+    ``{"active": {"id": "3f2a...", "rung": 0, ...}, "good": {...}, "previous": {...}, "last": {<history line>},
+    "lock": {"who": ..., "since": ..., "run": ...} or None, "unit_sha256": "..."}``; ``{}`` before the first
+    release (no tool yet)."""
+
+    def command(self, release_bin: str, release_dir: str, lock_file: str, unit_path: str) -> str:
+        b, d, lk, u = (shlex.quote(x) for x in (release_bin, release_dir, lock_file, unit_path))
+        return (f"if [ -x {b} ]; then {b} status --dir {d} --lock {lk} 2>/dev/null || echo '{{}}'; "
+                f"else echo '{{}}'; fi; sha256sum {u} 2>/dev/null | cut -c1-64; true")
+
+    def process(self, output):
+        lines = [line for line in output if line.strip()]
+        try:
+            out = json.loads(lines[0]) if lines else {}
+        except json.JSONDecodeError:
+            out = {}
+        out["unit_sha256"] = lines[1].strip() if len(lines) > 1 else None
+        return out

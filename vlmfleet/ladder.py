@@ -4,7 +4,7 @@ all together. Pure Python; every candidate is judged by ``planner.evaluate`` (ne
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .arch import tp_problems, valid_tps
@@ -152,3 +152,65 @@ def propose_fix(p: Plan) -> Proposal | None:
             return Proposal({**combo, "max_model_len": n}, "raise utilisation and tp, lower max_model_len", q)
     return None
 
+
+
+# ---- the startup ladder: what the deploy tries when vLLM itself runs out of memory -----------------------------
+#: one step of utilisation, as the seed's troubleshooting steps it (0.75 -> 0.70 -> 0.65)
+UTILISATION_STEP = 0.05
+#: the lowest utilisation the ladder goes to
+UTILISATION_FLOOR = 0.5
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One rung of the startup ladder: the changes from the planned wish (cumulative), why, and its plan.
+
+    + changes: e.g. ``{"gpu_memory_utilization": 0.87, "max_model_len": 24576}``
+    + only_utilisation: the rung adds nothing but a lower utilisation (no help for a KV cache too small)
+    """
+
+    rung: int
+    changes: dict
+    why: str
+    plan: Plan
+    only_utilisation: bool = False
+
+
+def startup_ladder(p: Plan, steps: int) -> list[Rung]:
+    """At most ``steps`` rungs, each asking less memory than the one before, in the seed's order: utilisation
+    down by 0.05 (with max_model_len lowered if the planner says the KV cache no longer holds one request), max
+    length to three quarters (a multiple of 1024), then an fp8 KV cache where the GPU and version support it.
+    Every rung is a valid plan; the host tries them in order only when vLLM reports running out of memory."""
+    m, inv, ver = p.model, p.inventory, p.version
+    rungs: list[Rung] = []
+    wish, changes = p.wish, {}
+
+    def add(new: dict, why: str, only_util: bool = False) -> bool:
+        nonlocal wish, changes
+        cand = replace(wish, **new)
+        q = evaluate(m, inv, ver, cand)
+        if q.errors:
+            return False
+        wish, changes = cand, {**changes, **new}
+        rungs.append(Rung(len(rungs) + 1, dict(changes), why, q, only_util))
+        return True
+
+    util = float(p.resolved.gpu_memory_utilization)
+    length = p.max_model_len
+    lower = round(util - UTILISATION_STEP, 2)
+    if lower >= UTILISATION_FLOOR:
+        new: dict = {"gpu_memory_utilization": lower}
+        q = evaluate(m, inv, ver, replace(wish, **new))
+        fit = None if q.verdict == "fits" else largest_fitting_len(m, inv, ver, replace(wish, **new))
+        if fit and fit < length:
+            length = fit // 1024 * 1024 if fit >= 4096 else fit
+            new["max_model_len"] = length
+            add(new, f"gpu_memory_utilization {util:.2f} -> {lower:.2f}, max_model_len -> {length}")
+        else:
+            add(new, f"gpu_memory_utilization {util:.2f} -> {lower:.2f}", only_util=True)
+    shorter = length * 3 // 4 // 1024 * 1024
+    if shorter >= 2048 and shorter < length:
+        add({"max_model_len": shorter}, f"max_model_len {length} -> {shorter}")
+    if p.resolved.kv_cache_dtype == "auto" and inv.kind.fp8_kv.get(ver.version) == "ok":
+        add({"kv_cache_dtype": "fp8"}, "kv_cache_dtype auto -> fp8")
+    return rungs[:max(0, steps)]

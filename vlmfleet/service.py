@@ -11,8 +11,11 @@ deadline) rewrites the plan record (``RemotePaths.plan_file``, read by the healt
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import json
 import re
+import shlex
 
 from jinja2 import Environment, StrictUndefined
 
@@ -67,9 +70,6 @@ def exec_line(args: list[str]) -> str:
     return " \\\n    ".join(" ".join(words) for words in lines)
 
 
-STOP_TIMEOUT_S = 30
-
-
 def render_unit(cfg: HostConfig, plan: Plan) -> str:
     """The unit file: the marker line, the profile, and what systemd runs. No plan numbers (see the module doc)."""
     env = Environment(undefined=StrictUndefined, keep_trailing_newline=True)
@@ -77,7 +77,7 @@ def render_unit(cfg: HostConfig, plan: Plan) -> str:
         tmpl = env.from_string(fh.read())
     return tmpl.render(
         marker=UNIT_MARKER, name=cfg.service, plan_file=cfg.paths.plan_file, served_name=cfg.served_name, profile=cfg.vlm_profile,
-        exec_start=exec_line(docker_run_args(cfg, plan)), stop_timeout=STOP_TIMEOUT_S,
+        exec_start=exec_line(docker_run_args(cfg, plan)), stop_timeout=cfg.stop_timeout_s,
     )
 
 
@@ -92,3 +92,58 @@ def plan_record(cfg: HostConfig, plan: Plan) -> str:
         "image": cfg.image_ref, "weights": cfg.paths.weights,
     }
     return json.dumps(record, indent=2, sort_keys=True) + "\n"
+
+
+def health_argv(cfg: HostConfig, metrics, deadline: int | None = None, quick: bool = False) -> list[str]:
+    """The health checker's argv: no secret in it (the key is read from the root-only auth file).
+
+    + metrics: the version's metric names, e.g. ``plan.version.metrics``
+    + deadline: seconds to wait for a healthy server; None leaves ``--deadline`` for the caller to add
+    """
+    paths = cfg.paths
+    args = [paths.health_bin, "--url", health_url(cfg), "--served", cfg.served_name, "--unit", paths.unit_name]
+    if deadline is not None:
+        args += ["--deadline", str(deadline)]
+    if cfg.api_key_file:
+        args += ["--auth-file", paths.auth_file]
+    if quick:
+        args.append("--quick")
+    else:
+        args += ["--image", paths.health_image, "--metrics", ",".join(metrics)]
+    return args
+
+
+def health_url(cfg: HostConfig) -> str:
+    """Where the checker on the host reaches the server: the address vLLM binds (loopback when it binds all)."""
+    bind = ipaddress.ip_address(cfg.api_bind)
+    if bind.is_unspecified:
+        bind = ipaddress.ip_address("127.0.0.1" if bind.version == 4 else "::1")
+    return f"http://[{bind}]:{cfg.api_port}" if bind.version == 6 else f"http://{bind}:{cfg.api_port}"
+
+
+def release_id(unit_text: str) -> str:
+    """A release's id: the first 12 hex digits of its unit's sha256 (the unit holds image, flags and weights)."""
+    return hashlib.sha256(unit_text.encode()).hexdigest()[:12]
+
+
+def release_manifest(cfg: HostConfig, plan: Plan, unit_text: str, rungs: list) -> str:
+    """``<release_dir>/candidate/release.json``: what the release is and where vlmfleet-release installs it.
+    No secret: the env file travels beside it (0600), the health check reads the key from its auth file.
+
+    + rungs: the startup ladder (``ladder.startup_ladder``); rung N's unit and plan are ``rung-N.service`` and
+      ``rung-N.plan.json`` beside this file
+    """
+    paths = cfg.paths
+    record = {
+        "id": release_id(unit_text), "service": cfg.service, "profile": cfg.vlm_profile,
+        "unit_name": paths.unit_name, "unit_path": paths.unit_path, "env_file": paths.env_file,
+        "auth_file": paths.auth_file if cfg.api_key_file else None, "plan_file": paths.plan_file,
+        "health_result": paths.health_result, "health": health_argv(cfg, plan.version.metrics),
+        "deadline_s": cfg.deadline_s, "stop_timeout_s": cfg.stop_timeout_s,
+        "image": cfg.image_ref, "vllm": plan.version.version, "weights": paths.weights,
+        "weights_revision": cfg.weights_revision, "model": plan.model.id,
+        "flags": shlex.join(docker_run_args(cfg, plan)[docker_run_args(cfg, plan).index(cfg.image_ref) + 1:]),
+        "ladder": [{"rung": r.rung, "changes": r.changes, "why": r.why, "only_utilisation": r.only_utilisation,
+                    "unit": f"rung-{r.rung}.service", "plan": f"rung-{r.rung}.plan.json"} for r in rungs],
+    }
+    return json.dumps(record, indent=1, sort_keys=True) + "\n"

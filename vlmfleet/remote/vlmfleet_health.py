@@ -120,8 +120,12 @@ def main():
     args = ap.parse_args()
     auth = None
     if args.auth_file:
-        with open(args.auth_file) as fh:
-            auth = fh.read().strip().partition(":")[2].strip() or None
+        try:
+            with open(args.auth_file) as fh:
+                auth = fh.read().strip().partition(":")[2].strip() or None
+        except OSError as exc:
+            fail(args, f"cannot read the health check's credentials {args.auth_file} ({exc.strerror}): no release "
+                       "with an API key was installed on this host yet — fix: run deploys/vlm.py")
     wait_ready(args, auth)
     ready_after = since_unit_start(args.unit) if args.unit else None
     if args.quick:

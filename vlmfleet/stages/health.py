@@ -3,7 +3,6 @@ exports the version's metrics — within the model's deadline, or the host fails
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import shlex
 
@@ -15,29 +14,26 @@ from ..config import HostConfig
 from ..facts import CommandJson
 from ..paths import PACKAGE_DIR
 from ..planner import Plan
+from ..service import health_argv
 from .common import pyinfra_timeout
 
 
-def health_url(cfg: HostConfig) -> str:
-    """Where the checker on the host reaches the server: the address vLLM binds (loopback when it binds all)."""
-    bind = ipaddress.ip_address(cfg.api_bind)
-    if bind.is_unspecified:
-        bind = ipaddress.ip_address("127.0.0.1" if bind.version == 4 else "::1")
-    return f"http://[{bind}]:{cfg.api_port}" if bind.version == 6 else f"http://{bind}:{cfg.api_port}"
-
-
 def health_command(cfg: HostConfig, metrics, deadline: int, quick: bool = False) -> str:
-    """The checker's command line: no secret in it (the key is read from the root-only auth file)."""
+    """The checker's command line (``vlmfleet.service.health_argv``): no secret in it."""
+    return shlex.join(health_argv(cfg, metrics, deadline, quick=quick))
+
+
+def install_health_tool(cfg: HostConfig):
+    """vlmfleet-health and its test image (the service stage's releases are checked with it too). Returns the
+    operation that installs the checker."""
     paths = cfg.paths
-    args = [paths.health_bin, "--url", health_url(cfg), "--served", cfg.served_name, "--unit", paths.unit_name,
-            "--deadline", str(deadline)]
-    if cfg.api_key_file:
-        args += ["--auth-file", paths.auth_file]
-    if quick:
-        args.append("--quick")
-    else:
-        args += ["--image", paths.health_image, "--metrics", ",".join(metrics)]
-    return shlex.join(args)
+    for folder in (f"{paths.tools_dir}/bin", f"{paths.tools_dir}/share", paths.health_dir):
+        files.directory(name=f"Create {folder}", path=folder, mode="755")
+    tool = files.put(name="Install vlmfleet-health", src=str(PACKAGE_DIR / "remote/vlmfleet_health.py"),
+                     dest=paths.health_bin, mode="755")
+    files.put(name="Install the health check's test image", src=str(PACKAGE_DIR / "assets/health-check.png"),
+              dest=paths.health_image, mode="644")
+    return tool
 
 
 @deploy("Health")
@@ -52,12 +48,7 @@ def health(cfg: HostConfig, plan: Plan, react_to: list) -> None:
     paths = cfg.paths
     deadline = cfg.deadline_s
 
-    for folder in (f"{paths.tools_dir}/bin", f"{paths.tools_dir}/share", paths.health_dir):
-        files.directory(name=f"Create {folder}", path=folder, mode="755")
-    tool = files.put(name="Install vlmfleet-health", src=str(PACKAGE_DIR / "remote/vlmfleet_health.py"),
-                     dest=paths.health_bin, mode="755")
-    files.put(name="Install the health check's test image", src=str(PACKAGE_DIR / "assets/health-check.png"),
-              dest=paths.health_image, mode="644")
+    tool = install_health_tool(cfg)
 
     quick = host.get_fact(CommandJson, command=health_command(cfg, plan.version.metrics, 0, quick=True))
     healthy_before = bool(quick and quick.get("healthy"))

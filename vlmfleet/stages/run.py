@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from pyinfra import host
 
+from .. import rollout as ro
 from ..config import BY_KEY, STAGES
+from . import rollout
 from .common import fail_host, host_config
 
 
@@ -21,7 +23,7 @@ def run_stages(only: list[str] | None = None) -> None:
     from .health import health
     from .image import image
     from .preflight import preflight
-    from .service import service
+    from .service import prepare, restart
     from .weights import weights
 
     cfg, problems = host_config()
@@ -32,6 +34,13 @@ def run_stages(only: list[str] | None = None) -> None:
     if cfg is None or not verdict.ok:
         return  # the host fails at the preflight gate; nothing after it is planned
     wanted = set(only or cfg.vlm_stages)
+    if not wanted - {"preflight"}:
+        return
+    members = rollout.pool(cfg)
+    plan_batches = ro.batches(members, cfg.rollout_batches)
+    mine = ro.batch_index(host.name, members, cfg.rollout_batches)
+    rollout.register(cfg, mine if "service" in wanted else None)
+    rollout.take_lock(cfg, name="Take the host's rollout lock (one rollout at a time)", **bound)
     restart_for: list = []
     started: list = []
     if "base" in wanted:
@@ -51,9 +60,42 @@ def run_stages(only: list[str] | None = None) -> None:
             "add the weights and image stages to vlm_stages)"], **bound)
         return
     if "service" in wanted:
-        started += service(cfg, verdict.plan, restart_for, **bound)
+        release = prepare(cfg, verdict.plan, restart_for, **bound)
+        # the restarts, batch by batch: see vlmfleet/stages/rollout.py for how the order is built
+        for k in host.loop(range(len(plan_batches))):
+            rollout.batch_gate(k, len(plan_batches), tuple(plan_batches[k]), name=f"Begin rollout batch {k + 1}")
+            if k == mine:
+                started += restart(cfg, release, k, **bound)
     if "health" in wanted:
         health(cfg, verdict.plan, started, **bound)
+    rollout.release_lock(cfg, name="Release the host's rollout lock", **bound)
 
 
-__all__ = ["run_stages", "STAGES"]
+def run_rollback() -> None:
+    """``deploys/rollback.py``: each host back to the release before the one it runs, checked healthy, in the
+    same batches and under the same lock as a rollout (``vlmfleet-release rollback``)."""
+    from pyinfra.operations import python
+
+    from .preflight import preflight
+
+    cfg, problems = host_config()
+    bound = {"_timeout": cfg.command_timeout_s if cfg else BY_KEY["command_timeout_s"].default}
+    if cfg is None:
+        preflight(cfg, problems, **bound)  # names the keys to fix; nothing changes
+        return
+    members = rollout.pool(cfg)
+    plan_batches = ro.batches(members, cfg.rollout_batches)
+    mine = ro.batch_index(host.name, members, cfg.rollout_batches)
+    rollout.register(cfg, mine)
+    rollout.take_lock(cfg, name="Take the host's rollout lock (one rollout at a time)", **bound)
+    limit = 2 * (cfg.deadline_s + cfg.stop_timeout_s + 120) + 60
+    for k in host.loop(range(len(plan_batches))):
+        rollout.batch_gate(k, len(plan_batches), tuple(plan_batches[k]), name=f"Begin rollout batch {k + 1}")
+        if k == mine:
+            python.call(name="Roll back to the release before this one (restart, health check)",
+                        function=rollout.apply_release(cfg, k, limit, action="rollback"),
+                        _if=[rollout.may_restart(k)], _timeout=limit + 60)
+    rollout.release_lock(cfg, name="Release the host's rollout lock", **bound)
+
+
+__all__ = ["run_stages", "run_rollback", "STAGES"]
