@@ -63,14 +63,15 @@ def test_exec_line_breaks_before_options():
 
 
 def _verify_root(tmp_path: Path) -> Path:
-    """A root with the machine's systemd units, a docker.service and an executable /usr/bin/docker."""
+    """A root with the machine's systemd units, a docker.service, and the unit's programs as executables:
+    /usr/bin/docker and the weights guard's python (the weights stage's virtualenv)."""
     root = tmp_path / "root"
     shutil.copytree("/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
     (root / "etc/systemd/system").mkdir(parents=True)
-    (root / "usr/bin").mkdir(parents=True)
-    docker = root / "usr/bin/docker"
-    docker.write_text("#!/bin/sh\n")
-    docker.chmod(0o755)
+    for program in ("usr/bin/docker", "opt/vlmfleet/venv/bin/python"):
+        (root / program).parent.mkdir(parents=True, exist_ok=True)
+        (root / program).write_text("#!/bin/sh\n")
+        (root / program).chmod(0o755)
     (root / "etc/systemd/system/docker.service").write_text("[Service]\nExecStart=/usr/bin/docker\n")
     return root
 

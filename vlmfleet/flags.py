@@ -82,3 +82,56 @@ def serve_env(plan: Plan) -> dict[str, str]:
 def command_line(args: list[str]) -> str:
     """One shell-quoted line, for humans (docs, plan output)."""
     return shlex.join(args)
+
+
+def wish_from_serve_args(args: list[str]) -> tuple[str, dict]:
+    """The model path and the planner wish fields a ``vllm serve`` argv asks for: the inverse of
+    ``serve_args`` (the lab's serving stand-in sizes memory from it, as vLLM would from its flags).
+
+    + args: e.g. ``["vllm", "serve", "/models/Qwen2.5-VL-7B-Instruct", "--max-model-len", "32768", ...]``
+    Returns ``("/models/Qwen2.5-VL-7B-Instruct", {"max_model_len": 32768, ...})``: only what the argv sets.
+    """
+    from .vllm_flags import parse_limits
+
+    words = list(args)
+    if words[:2] == ["vllm", "serve"]:
+        words = words[2:]
+    model, wish = "", {}
+    ints = {"--tensor-parallel-size": "tp", "--max-num-seqs": "max_num_seqs",
+            "--max-num-batched-tokens": "max_num_batched_tokens"}
+    i = 0
+    while i < len(words):
+        a = words[i]
+        val = words[i + 1] if i + 1 < len(words) else ""
+        if not a.startswith("-"):
+            model = model or a
+            i += 1
+            continue
+        if a == "--enforce-eager":
+            wish["enforce_eager"] = True
+        elif a in ints:
+            wish[ints[a]] = int(val)
+        elif a == "--max-model-len":
+            wish["max_model_len"] = -1 if val in ("auto", "-1") else int(val)
+        elif a == "--gpu-memory-utilization":
+            wish["gpu_memory_utilization"] = float(val)
+        elif a == "--kv-cache-dtype":
+            wish["kv_cache_dtype"] = val
+        elif a == "--dtype":
+            wish["dtype"] = val
+        elif a == "--quantization":
+            wish["quantization"] = val
+        elif a == "--limit-mm-per-prompt":
+            limits = parse_limits(val)
+            wish["limit_images"], wish["limit_videos"] = limits.get("image", 0), limits.get("video", 0)
+        elif a == "--mm-processor-kwargs":
+            kwargs = json.loads(val)
+            if "max_pixels" in kwargs:
+                wish["max_pixels"] = int(kwargs["max_pixels"])
+        elif a == "--model":
+            model = val
+        if a in ("--enforce-eager", "--disable-log-requests", "--trust-remote-code"):
+            i += 1
+        else:
+            i += 2
+    return model, wish

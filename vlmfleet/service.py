@@ -23,6 +23,7 @@ from .config import UNIT_MARKER, HostConfig
 from .flags import serve_args, serve_env
 from .paths import template
 from .planner import Plan
+from .weights import fetch_argv
 
 
 def gpus_flag(cfg: HostConfig) -> list[str]:
@@ -78,6 +79,7 @@ def render_unit(cfg: HostConfig, plan: Plan) -> str:
     return tmpl.render(
         marker=UNIT_MARKER, name=cfg.service, plan_file=cfg.paths.plan_file, served_name=cfg.served_name, profile=cfg.vlm_profile,
         exec_start=exec_line(docker_run_args(cfg, plan)), stop_timeout=cfg.stop_timeout_s,
+        weights_check=" ".join(systemd_quote(a) for a in fetch_argv(cfg, check=True, require=True, verify="size")),
     )
 
 

@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 from .catalog import Model
 from .config import MANIFEST, HostConfig
 
-__all__ = ["MANIFEST", "source_repo", "revision", "pip_args", "fetch_command"]
+__all__ = ["MANIFEST", "source_repo", "revision", "pip_args", "fetch_argv", "fetch_command"]
 
 
 def source_repo(model: Model, source: str) -> str:
@@ -31,14 +31,26 @@ def pip_args(cfg: HostConfig) -> str:
     return shlex.join(args)
 
 
-def fetch_command(cfg: HostConfig, check: bool = False) -> str:
-    """The vlmfleet-fetch command line: paths and names only, never a token (it reads the token file)."""
+def fetch_argv(cfg: HostConfig, check: bool = False, require: bool = False, verify: str | None = None) -> list[str]:
+    """The vlmfleet-fetch argv: paths and names only, never a token (it reads the token file).
+
+    + check: only compare the folder against its verified listing (no network)
+    + require: with check, exit non-zero unless the folder is verified (the unit's guard before each start)
+    + verify: ``size`` or ``full``; default ``cfg.weights_verify``
+    """
     paths = cfg.paths
     args = [paths.python, paths.fetch_bin, "--source", cfg.weights_source,
             "--repo", source_repo(cfg.model, cfg.weights_source), "--revision", revision(cfg),
-            "--dest", paths.weights, "--endpoint", cfg.endpoint(), "--verify", cfg.weights_verify]
-    if cfg.hf_token_file:
+            "--dest", paths.weights, "--endpoint", cfg.endpoint(), "--verify", verify or cfg.weights_verify]
+    if cfg.hf_token_file and not check:
         args += ["--token-file", paths.token_file]
     if check:
         args.append("--check")
-    return shlex.join(args)
+    if require:
+        args.append("--require")
+    return args
+
+
+def fetch_command(cfg: HostConfig, check: bool = False) -> str:
+    """``fetch_argv`` as one shell line."""
+    return shlex.join(fetch_argv(cfg, check=check))

@@ -102,7 +102,7 @@ def test_dry_diff_of_a_key_rotation_shows_no_secret(deployed, tmp_path):
     out = dry.stdout + dry.stderr
     assert "sk-rotated" not in out and api_key(lab) not in out
     assert "secret changed (contents not shown)" in out
-    assert "Restart the vLLM unit" in out  # the rotation would restart the servers
+    assert "Rollout | Roll out the release" in out  # the rotation would restart the servers, in batches
 
 
 def test_flag_change_in_one_group_restarts_only_that_group(deployed, tmp_path):
@@ -181,7 +181,10 @@ def test_a_new_deadline_rewrites_the_plan_record_and_restarts_nothing(deployed):
     proc = run_pyinfra("-y", "--data", "health_deadline_s=1234", "inventories/lab.py", "deploys/vlm.py")
     rows = {r.operation: r for r in parse_results(proc.stdout + proc.stderr)}
     changed = sorted(op for op, r in rows.items() if r.changed)
-    assert all(op.startswith("Service | Record the plan in /var/lib/vlmfleet/") for op in changed), changed
+    # the record, and the candidate release's plans and release.json (the deadline vlmfleet-release waits)
+    assert all(op.startswith(("Service | Record the plan in /var/lib/vlmfleet/", "Service | Stage the plan",
+                              "Service | Stage release.json")) for op in changed), changed
+    assert "Service | Stage the vLLM unit" not in changed
     assert changed and started_at(lab) == before
     h = lab["hosts"][0]
     assert '"health_deadline_s": 1234' in ssh(lab, h["name"], "sudo cat /var/lib/vlmfleet/vllm-qwen7b.plan.json")

@@ -88,10 +88,10 @@ def test_corrupted_file_is_refetched_before_the_server_restarts(deployed_lab):
     text = out.stdout + out.stderr
     rows = {r.operation: r for r in parse_results(text)}
     fetch = next(r for name, r in rows.items() if name.startswith("Weights | Fetch"))
-    restart = next(r for name, r in rows.items() if name.startswith("Service | Restart"))
+    restart = next(r for name, r in rows.items() if name.startswith("Rollout | Roll out the release"))
     assert fetch.changed == 1 and restart.changed == 1
     # the fetch (which verifies) runs before the restart: pyinfra runs operations in order
-    assert text.index("Weights | Fetch") < text.index("Service | Restart")
+    assert text.index("Weights | Fetch") < text.index("Rollout | Roll out the release")
     assert ssh(lab, h["name"], f"sudo sha256sum {DEST}/{SHARD}").split()[0] == want
     assert any(SHARD in e["path"] for e in hub(lab, "/_standin/log").json())
     assert chat(lab, h, "ready?").status_code == 200

@@ -182,9 +182,16 @@ def hello_image(cfg: LabConfig) -> Image:
 STANDIN_REPO = "vlmfleet-lab/vllm-standin"
 
 
-def vllm_standin_image(cfg: LabConfig, version: str) -> Image:
+#: the message a broken release fails with (torch's, when the image needs a newer driver than the host has)
+BROKEN_MESSAGE = ("RuntimeError: The NVIDIA driver on your system is too old (found version 12020). Please update "
+                  "your GPU driver by downloading and installing a new version from the URL: "
+                  "http://www.nvidia.com/Download/index.aspx")
+
+
+def vllm_standin_image(cfg: LabConfig, version: str, broken: bool = False) -> Image:
     """The lab's serving stand-in for one vLLM version: Debian + the stand-in as /usr/local/bin/vllm, with that
-    version's real flag table. Entrypoint ``vllm serve`` like the vllm/vllm-openai images."""
+    version's real flag table. Entrypoint ``vllm serve`` like the vllm/vllm-openai images. ``broken``: every
+    start fails after loading (tag ``<version>-broken``: a release that fails at startup)."""
     pkg = Path(__file__).resolve().parent.parent
     files = {
         "usr/local/bin/vllm": ((pkg / "lab/standins/vllm_standin.py").read_bytes(), 0o755),
@@ -194,7 +201,9 @@ def vllm_standin_image(cfg: LabConfig, version: str) -> Image:
     return Image(
         layers=[debian_layer(cfg), files_layer(cfg, files)],
         entrypoint=["vllm", "serve"],
-        env=["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", f"VLLM_STANDIN_VERSION={version}"],
+        env=["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", f"VLLM_STANDIN_VERSION={version}",
+             f"VLLM_STANDIN_GPU_MEMORY_URL={cfg.hub_url}/_standin/gpu-memory"]
+        + ([f"VLLM_STANDIN_FAIL={BROKEN_MESSAGE}"] if broken else []),
         exposed_ports=[8000],
         labels={"org.opencontainers.image.title": f"vLLM {version} serving STAND-IN (vlmfleet lab, not vLLM)"},
     )
@@ -210,20 +219,21 @@ def manifest_digest(registry: str, repo: str, tag: str) -> str | None:
 
 
 def push_standins(cfg: LabConfig, log=print) -> dict[str, str]:
-    """Push the serving stand-in for every catalog vLLM version (skipped when the registry has this build)."""
+    """Push the serving stand-in for every catalog vLLM version, and its broken twin (``<version>-broken``),
+    skipped when the registry has this build."""
     from ..catalog import vllm_versions
 
     out = {}
-    for version in vllm_versions():
-        image = vllm_standin_image(cfg, version)
+    for version, broken in [(v, b) for v in vllm_versions() for b in (False, True)]:
+        image = vllm_standin_image(cfg, version, broken)
         config_digest = _sha(image.config_json())
-        tag = version
+        tag = f"{version}-broken" if broken else version
         have = manifest_digest(cfg.registry, STANDIN_REPO, tag)
-        marker = cfg.cache_dir / "layers" / f"standin-{version}.config"
+        marker = cfg.cache_dir / "layers" / f"standin-{tag}.config"
         if have and marker.exists() and marker.read_text() == config_digest:
-            out[version] = have
+            out[tag] = have
             continue
-        out[version] = push(cfg.registry, STANDIN_REPO, tag, image)
+        out[tag] = push(cfg.registry, STANDIN_REPO, tag, image)
         marker.write_text(config_digest)
-        log(f"pushed {cfg.registry}/{STANDIN_REPO}:{tag} ({out[version][:19]})")
+        log(f"pushed {cfg.registry}/{STANDIN_REPO}:{tag} ({out[tag][:19]})")
     return out

@@ -98,7 +98,7 @@ def _hub_argv(cfg: LabConfig) -> list[str]:
 
     root = build(cfg)
     return [sys.executable, "-m", "vlmfleet.lab.standins.hub_standin", "--root", str(root), "--bind", cfg.gateway,
-            "--port", str(cfg.hub_port)]
+            "--port", str(cfg.hub_port), "--hosts-dir", str(cfg.hosts_dir), "--net", cfg.net]
 
 
 def _pypi_argv(cfg: LabConfig) -> list[str]:

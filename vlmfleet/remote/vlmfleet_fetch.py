@@ -14,12 +14,16 @@ id (Hugging Face, git), ModelScope's Sha256 — and a bad file is deleted and fe
 verified until all match. The verified listing goes to DEST/.vlmfleet-verified.json.
 
 --check (no network): compare DEST against that listing (sizes; sha256 too with --verify full) and print
-{"state": "verified" | "missing" | "stale" | "corrupt", ...}. Tokens are read from --token-file, never argv.
+{"state": "verified" | "missing" | "stale" | "corrupt", ...}; with --require it exits 3 unless verified (the
+service unit runs that before every start, so a server never starts on weights that are not verified). A full
+disk stops the fetch with a message naming the folder; the partial files resume on the next run. Tokens are
+read from --token-file, never argv.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
 import os
@@ -239,8 +243,27 @@ def main() -> int:
     ap.add_argument("--token-file")
     ap.add_argument("--verify", choices=["full", "size"], default="full")
     ap.add_argument("--check", action="store_true")
+    ap.add_argument("--require", action="store_true", help="with --check: exit 3 unless verified")
     args = ap.parse_args()
-    print(json.dumps(check(args) if args.check else fetch(args)))
+    if args.check:
+        state = check(args)
+        print(json.dumps(state))
+        if args.require and state["state"] != "verified":
+            print(f"vlmfleet-fetch: {args.dest} is not a verified copy of {args.repo}@{args.revision} (state "
+                  f"{state['state']}{': ' + ', '.join(state['bad'][:5]) if state.get('bad') else ''}): refusing to "
+                  "serve it — fix: run the weights stage (deploys/vlm.py), which fetches and verifies it",
+                  file=sys.stderr)
+            return 3
+        return 0
+    try:
+        print(json.dumps(fetch(args)))
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            free = shutil.disk_usage(args.dest).free if os.path.isdir(args.dest) else 0
+            die(f"no space left on the device of {args.dest} while fetching {args.repo} ({free // 2**20} MiB free "
+                "now) — fix: free disk there or set model_dir (and weights_disk_gb) to a larger disk; the partial "
+                "files resume on the next run, and nothing unverified is served")
+        die(f"fetching {args.repo} into {args.dest} failed: {exc}")
     return 0
 
 

@@ -69,6 +69,16 @@ def classify(journal_text):
     return found
 
 
+ERROR_LINE = re.compile(r"(\w+Error|\w+Exception|ERROR)\b")
+
+
+def last_error(journal_text):
+    """The last line of a failed start that names an error (vLLM's own reason), or ''."""
+    lines = [ln.strip() for ln in journal_text.splitlines() if ERROR_LINE.search(ln) and "Traceback" not in ln
+             and "EngineCore failed to start" not in ln]
+    return lines[-1][:300] if lines else ""
+
+
 def memory_message(journal_text):
     """The line of the journal that carries vLLM's memory message (for the record), or ''."""
     kind = classify(journal_text)
@@ -146,10 +156,23 @@ def unit_show(unit, prop):
     return systemctl("show", "-P", prop, unit, check=False).stdout.strip()
 
 
-def journal_since(unit, since_epoch, lines=400):
+def journal_cursor(unit):
+    """The journal's position now (what a start logs after it is read with ``journal_after``), or None."""
     try:
-        return subprocess.run(["journalctl", "-u", unit, "--since", f"@{int(since_epoch)}", "-n", str(lines),
-                               "--no-pager", "-o", "cat"], capture_output=True, text=True, timeout=30).stdout
+        out = subprocess.run(["journalctl", "-u", unit, "-n", "0", "--show-cursor", "--no-pager"],
+                             capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"-- cursor: (\S+)", out)
+    return m.group(1) if m else None
+
+
+def journal_after(unit, cursor, lines=400):
+    args = ["journalctl", "-u", unit, "-n", str(lines), "--no-pager", "-o", "cat"]
+    if cursor:
+        args += ["--after-cursor", cursor]
+    try:
+        return subprocess.run(args, capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         return f"(journalctl failed: {exc})"
 
@@ -222,7 +245,7 @@ class Host:
         # refuse the last of them ("start request repeated too quickly")
         systemctl("reset-failed", unit, check=False)
         restarts_before = int(unit_show(unit, "NRestarts") or 0)
-        since = time.time() - 1
+        cursor = journal_cursor(unit)
         systemctl("restart", unit)
         argv = list(meta["health"]) + ["--deadline", str(deadline)]
         result_file = meta.get("health_result")
@@ -239,7 +262,7 @@ class Host:
                 health.send_signal(signal.SIGTERM)
                 break
         out, err = health.communicate(timeout=60)
-        journal = journal_since(unit, since)
+        journal = journal_after(unit, cursor)
         if failure is None and health.returncode == 0:
             if result_file:
                 lines = [ln for ln in out.splitlines() if ln.strip().startswith("{")]
@@ -247,6 +270,9 @@ class Host:
                     write_atomic(result_file, lines[-1] + "\n", 0o644)
             return True, None, "", journal
         message = failure or (err.strip().splitlines() or ["vlmfleet-health failed"])[0]
+        said = last_error(journal)
+        if said:
+            message = f"{message}: {said}"
         return False, classify(journal), message, journal
 
     def stop(self, meta):
@@ -290,7 +316,7 @@ def apply(args):
         if ok:
             break
         say(f"release {meta['id']} {label} failed: {message}")
-        if kind:
+        if kind and memory_message(journal) not in message:
             say(f"vLLM's journal: {memory_message(journal)}")
         nxt = next_rung(ladder, rung["rung"] if rung else 0, kind)
         if nxt is None:

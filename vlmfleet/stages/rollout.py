@@ -79,7 +79,7 @@ def take_lock(cfg: HostConfig):
             logger.warning(f"    [{host.name}] {out.stderr.strip()}")
         return
     message = out.stderr.strip() or out.output.strip() or "taking the rollout lock failed"
-    RUN.set(host.name, ro.Outcome(ro.FAILED_BEFORE, f"not changed: {message.splitlines()[0][:200]}"))
+    RUN.set(host.name, ro.Outcome(ro.FAILED_BEFORE, f"not changed: {message.splitlines()[0]}"))
     yield f"printf '%s\\n' {shlex.quote(f'{host.name}: {message}')} >&2; exit 1"
 
 
@@ -130,9 +130,9 @@ def may_restart(batch: int):
         stopped = ro.halted_by(RUN.outcomes, batch)
         if not stopped:
             return True
-        why = "; ".join(f"{h}: {RUN.outcomes[h].detail}" for h in stopped)
-        RUN.set(host.name, ro.Outcome(ro.NOT_REACHED, f"rollout stopped before batch {batch + 1} ({why}); "
-                                                      "still serving its release", batch))
+        RUN.set(host.name, ro.Outcome(ro.NOT_REACHED, f"rollout stopped before batch {batch + 1}: "
+                                                      f"{', '.join(stopped)} failed the new release; not restarted",
+                                      batch))
         logger.warning(f"    [{host.name}] not restarted: the rollout stopped after {', '.join(stopped)} failed")
         return False
     return check

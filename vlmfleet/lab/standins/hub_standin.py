@@ -11,7 +11,11 @@ runs huggingface_hub, modelscope and git-lfs end to end:
 - a git remote (git's dumb HTTP protocol) with the git-lfs batch API and object downloads.
 
 Lab controls (not part of any hub API): ``POST /_standin/throttle {"bytes_per_s": N}`` slows every file body
-(to interrupt a transfer mid-file in tests), ``GET /_standin/log`` returns the access log.
+(to interrupt a transfer mid-file in tests), ``POST /_standin/corrupt {"file": NAME, "times": N}`` flips bytes
+in the next N bodies served for files named NAME (same length: a client sees only the hash differ),
+``GET /_standin/log`` returns the access log, and
+``POST /_standin/gpu-memory`` answers the serving stand-in of a lab host (known by its address) with what vLLM's
+memory profiler would find on that host's simulated GPUs (vlmfleet.lab.standins.gpu_memory).
 
     python -m vlmfleet.lab.standins.hub_standin --root /var/lib/vlmfleet-lab/cache/hub --bind 10.77.0.1 --port 8081
 """
@@ -31,10 +35,12 @@ CHUNK = 64 * 1024
 
 
 class Hub:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, hosts_dir: Path | None = None, net: str | None = None):
         self.root = root
+        self.hosts_dir, self.net = hosts_dir, net
         self.index = json.loads((root / "index.json").read_text())
         self.bytes_per_s = 0
+        self.corrupt: dict[str, int] = {}  # file name -> bodies still to corrupt
         self.log: list[dict] = []
         self.lock = threading.Lock()
 
@@ -110,6 +116,12 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.end_headers()
         sent = 0
+        spoil = False
+        if self.command != "HEAD" and self.hub.corrupt.get(path.name):
+            with self.hub.lock:
+                spoil = self.hub.corrupt.get(path.name, 0) > 0
+                if spoil:
+                    self.hub.corrupt[path.name] -= 1
         if self.command != "HEAD":
             with path.open("rb") as fh:
                 fh.seek(start)
@@ -118,6 +130,9 @@ class Handler(BaseHTTPRequestHandler):
                         chunk = fh.read(min(CHUNK, length - sent))
                         if not chunk:
                             break
+                        if spoil:  # the first chunk only, same length
+                            chunk = bytes(b ^ 0xFF for b in chunk[:64]) + chunk[64:]
+                            spoil = False
                         self.wfile.write(chunk)
                         sent += len(chunk)
                         rate = self.hub.bytes_per_s
@@ -168,6 +183,13 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/_standin/throttle":
             self.hub.bytes_per_s = int(json.loads(body or b"{}").get("bytes_per_s") or 0)
             return self._json(200, {"bytes_per_s": self.hub.bytes_per_s})
+        if path == "/_standin/corrupt":
+            req = json.loads(body or b"{}")
+            with self.hub.lock:
+                self.hub.corrupt[req["file"]] = int(req.get("times", 1))
+            return self._json(200, {"corrupt": dict(self.hub.corrupt)})
+        if path == "/_standin/gpu-memory":
+            return self.gpu_memory(body)
         if path == "/_standin/reset-log":
             with self.hub.lock:
                 self.hub.log.clear()
@@ -176,6 +198,19 @@ class Handler(BaseHTTPRequestHandler):
         if m:
             return self.lfs_batch(m.group(1), json.loads(body or b"{}"))
         return self._not_found("NotFound", f"no route for POST {path}")
+
+    def gpu_memory(self, body: bytes) -> None:
+        from .gpu_memory import answer
+
+        client = self.client_address[0]
+        prefix = f"{self.hub.net}."
+        if not self.hub.hosts_dir or not client.startswith(prefix) or not client[len(prefix):].isdigit():
+            return self._json(404, {"error": f"{client} is not a lab host"})
+        gpus = self.hub.hosts_dir / f"h{int(client[len(prefix):]) - 10}" / "root/etc/vlmfleet-lab/gpus.json"
+        try:
+            return self._json(200, answer(body, gpus))
+        except (OSError, ValueError, KeyError, LookupError) as exc:
+            return self._json(400, {"error": f"gpu memory stand-in: {exc}"})
 
     # ---- Hugging Face -------------------------------------------------------------------------------------------
     def _commit_or_404(self, repo: str, rev: str):
@@ -290,8 +325,10 @@ def main() -> None:
     ap.add_argument("--root", type=Path, required=True)
     ap.add_argument("--bind", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8081)
+    ap.add_argument("--hosts-dir", type=Path, help="the lab's hosts folder (h<N>/root/etc/vlmfleet-lab/gpus.json)")
+    ap.add_argument("--net", help="the lab's /24 as three octets, e.g. 10.77.0 (host N is .(10+N))")
     args = ap.parse_args()
-    Handler.hub = Hub(args.root)
+    Handler.hub = Hub(args.root, args.hosts_dir, args.net)
     server = ThreadingHTTPServer((args.bind, args.port), Handler)
     server.daemon_threads = True
     print(f"hub stand-in serving {', '.join(Handler.hub.index)} on {args.bind}:{args.port}", flush=True)

@@ -9,7 +9,10 @@ table (vlmfleet/catalog/vllm-flags-<version>.json, copied beside it), refusing w
     GET  /health /ping /version /v1/models /metrics
     POST /v1/chat/completions     text and images (data: URLs), OpenAI response format
 
-with vLLM's behaviour where a client can see it: the port opens only after loading (VLLM_STANDIN_LOAD_SECONDS),
+with vLLM's behaviour where a client can see it: the port opens only after loading (VLLM_STANDIN_LOAD_SECONDS)
+and profiling — memory is sized by the lab's GPU memory stand-in for this host's simulated GPUs
+(VLLM_STANDIN_GPU_MEMORY_URL, vlmfleet/lab/standins/gpu_memory.py) and a start that does not fit fails with
+vLLM's own messages; VLLM_STANDIN_FAIL makes every start fail with that message (a broken release);
 VLLM_API_KEY makes /v1/* require ``Authorization: Bearer``, per-prompt image limits and max_model_len are
 enforced, and /metrics carries the metric names of that vLLM version. Answers are canned and say they come from
 a stand-in.
@@ -24,6 +27,8 @@ import struct
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -269,11 +274,45 @@ class Handler(BaseHTTPRequestHandler):
         return "\n".join(lines) + "\n"
 
 
+def engine_failed(message):
+    print("ERROR [core.py] EngineCore failed to start.", file=sys.stderr)
+    print("Traceback (most recent call last):\n  (vLLM stand-in)", file=sys.stderr)
+    print(message, file=sys.stderr, flush=True)
+    raise SystemExit(1)
+
+
+def profile_memory(argv, cfg):
+    """Ask the lab's GPU memory stand-in what vLLM's profiler would find; fail as vLLM fails when it does not fit."""
+    url = os.environ.get("VLLM_STANDIN_GPU_MEMORY_URL")
+    if not url:
+        print("WARNING vLLM stand-in: VLLM_STANDIN_GPU_MEMORY_URL unset: GPU memory is not simulated",
+              file=sys.stderr, flush=True)
+        return
+    body = json.dumps({"argv": ["vllm", *argv], "config": cfg, "version": VERSION}).encode()
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            answer = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        engine_failed(f"RuntimeError: vLLM stand-in: the lab's GPU memory stand-in at {url} answered {exc.code}: "
+                      f"{exc.read()[:300]!r}")
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        engine_failed(f"RuntimeError: vLLM stand-in: the lab's GPU memory stand-in at {url} did not answer "
+                      f"({getattr(exc, 'reason', exc)}): no simulated GPU to profile")
+    for line in answer.get("log", []):
+        print(f"INFO [gpu_worker.py] {line}", file=sys.stderr, flush=True)
+    if not answer.get("ok"):
+        engine_failed(answer.get("error") or "RuntimeError: profiling failed")
+
+
 def main(argv):
     opts = parse(argv)
     print(f"INFO vLLM stand-in {VERSION}: vllm serve {opts['model']} (tp {opts['tp']})", file=sys.stderr, flush=True)
     cfg = load_model(opts["model"])
     time.sleep(float(os.environ.get("VLLM_STANDIN_LOAD_SECONDS", "3")))  # "loading": the port is not open yet
+    if os.environ.get("VLLM_STANDIN_FAIL"):
+        engine_failed(os.environ["VLLM_STANDIN_FAIL"])
+    profile_memory(argv, cfg)
     Handler.state = State(opts, cfg)
     server = ThreadingHTTPServer((opts["host"], opts["port"]), Handler)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
