@@ -70,15 +70,18 @@ def health(cfg: HostConfig, plan: Plan, react_to: list) -> None:
 
     def report() -> None:
         out = {}
-        for path in (result, paths.plan_file):
+        for path in (result, paths.plan_file, f"{paths.release_dir}/state.json"):
             _, res = host.run_shell_command(f"cat {shlex.quote(path)}", _sudo=True)
             try:
                 out[path] = json.loads("\n".join(res.stdout_lines))
             except (ValueError, AttributeError):
                 out[path] = {}
         r, p = out[result], out[paths.plan_file]
+        active = out[f"{paths.release_dir}/state.json"].get("active") or {}
+        rung = f" on startup ladder rung {active['rung']} {active.get('changes')}" if active.get("rung") else ""
         logger.info(f"    [{host.name}] {cfg.service} healthy: {r.get('time_to_healthy_s')}s after start; chat text "
                     f"{r.get('text_latency_s')}s, image {r.get('image_latency_s')}s; plan: {p.get('gpus')}, tp "
-                    f"{p.get('tp')}, {p.get('kv_capacity_tokens')} KV tokens")
+                    f"{p.get('tp')}, {p.get('kv_capacity_tokens')} KV tokens; release {active.get('id', '?')}{rung} "
+                    f"since {active.get('since', '?')} (record: {paths.release_dir}/history.jsonl)")
 
     python.call(name="Report the server's health", function=report, _if=check.did_change)
