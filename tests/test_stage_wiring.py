@@ -29,7 +29,8 @@ def planned(facts: dict, data: dict):
 
 
 def test_the_service_stage_alone_refuses_a_profile_whose_weights_and_image_are_missing():
-    facts = json.loads(FIX.read_text())["facts"]  # a real H100, no verified weights, no image
+    facts = json.loads(FIX.read_text())["facts"]  # a real H100, no verified weights, no image, no server yet
+    facts = {**facts, "systemd.SystemdStatus": {}}
     with planned(facts, DATA) as (state, host):
         run_stages(["service"])
         ops = recorded_ops(state, host)

@@ -214,7 +214,11 @@ def test_daemon_json_keys_set_by_someone_else_survive(deployed):
     first = run_pyinfra("-y", "--limit", h["name"], "inventories/lab.py", "deploys/vlm.py")
     rows = {r.operation: r for r in parse_results(first.stdout + first.stderr)}
     assert rows["Base | Merge vlmfleet's keys into /etc/docker/daemon.json"].changed == 1
-    assert rows["Base | Restart Docker after a daemon.json change"].changed == 1
+    # the host serves: dockerd restarts in its rollout batch, and the release is checked healthy after it
+    assert rows["Restart Docker after a daemon.json change"].changed == 1
+    assert rows["Rollout | Roll out the release (restart, health check, ladder, rollback)"].changed == 1
+    out = first.stdout + first.stderr  # both lines are "--> Starting operation: ..." lines of one stream
+    assert out.index("Starting operation: Restart Docker after") > out.index("Starting operation: Begin rollout batch 1")
     # the restart took the vLLM container with it: the health stage checked the server again
     assert rows["Health | Check the server: /health, /v1/models, chat (text, image), /metrics (within its deadline)"].changed == 1
     merged = json.loads(ssh(lab, h["name"], "sudo cat /etc/docker/daemon.json"))

@@ -33,7 +33,7 @@ def nvidia_repo_line(url: str) -> str:
 
 
 @deploy("Base")
-def base(cfg: HostConfig) -> list:
+def base(cfg: HostConfig, hold_restart: bool = False) -> list:
     """Install git-lfs and Docker (docker-ce from Docker's repository, or the distro's docker.io), the NVIDIA
     container toolkit when ``nvidia_runtime``, and merge vlmfleet's keys into /etc/docker/daemon.json (a key
     vlmfleet set from ``docker_daemon_options`` and no longer wants is taken out again, unless someone changed
@@ -41,6 +41,8 @@ def base(cfg: HostConfig) -> list:
     vLLM container too and the health stage must then check the server.
 
     + cfg: the host's configuration, e.g. ``cfg.docker_package == "docker-ce"``
+    + hold_restart: the host serves, and its restarts go in its rollout batch: return the daemon.json change
+      instead of restarting dockerd here (``restart_docker`` does it in the batch)
     """
     meta = (host.get_fact(LinuxDistribution) or {}).get("release_meta") or {}
     os_id, codename = (meta.get("ID") or "debian").lower(), meta.get("VERSION_CODENAME") or "bookworm"
@@ -100,6 +102,18 @@ def base(cfg: HostConfig) -> list:
     systemd.service(name="Enable and start Docker", service="docker.service", running=True, enabled=True)
     if daemon is None:
         return []
-    restart = systemd.service(name="Restart Docker after a daemon.json change", service="docker.service",
-                              restarted=True, _if=daemon.did_change)
-    return [restart]
+    if hold_restart:
+        host.noop("dockerd restarts for the daemon.json change in this host's rollout batch (it serves)")
+        return [daemon]
+    return [restart_docker(daemon)]
+
+
+def restart_docker(daemon, **when):
+    """Restart dockerd after a daemon.json change (it restarts the vLLM container with it).
+
+    + daemon: the operation that changed daemon.json
+    + when: e.g. ``_if=[...]``: in a rollout batch, the batch gate too
+    """
+    conds = [daemon.did_change, *(when.pop("_if", None) or [])]
+    return systemd.service(name="Restart Docker after a daemon.json change", service="docker.service",
+                           restarted=True, _if=conds, **when)

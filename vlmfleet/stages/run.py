@@ -19,7 +19,9 @@ def run_stages(only: list[str] | None = None) -> None:
 
     + only: e.g. ``["service"]`` (deploys/service.py); None: the host's ``vlm_stages``
     """
-    from .base import base
+    from pyinfra.facts.systemd import SystemdStatus
+
+    from .base import base, restart_docker
     from .health import health
     from .image import image
     from .preflight import preflight
@@ -43,11 +45,18 @@ def run_stages(only: list[str] | None = None) -> None:
     rollout.take_lock(cfg, name="Take the host's rollout lock (one rollout at a time)", **bound)
     restart_for: list = []
     started: list = []
+    # a dockerd restart restarts the vLLM container: on a host that serves it waits for the host's batch, with the
+    # image pull (which may need the new daemon.json: a mirror, a registry); elsewhere it happens here
+    serving = "service" in wanted and bool((host.get_fact(SystemdStatus) or {}).get(cfg.paths.unit_name))
+    daemon: list = []
     if "base" in wanted:
-        started += base(cfg, **bound)  # a dockerd restart restarts the vLLM container: the health stage checks it
+        if serving:
+            daemon = base(cfg, hold_restart=True, **bound)
+        else:
+            started += base(cfg, **bound)  # the health stage checks the server after the restart
     if "weights" in wanted:
         restart_for += weights(cfg, verdict.plan, **bound)
-    if "image" in wanted:
+    if "image" in wanted and not daemon:
         restart_for += image(cfg, **bound)
     missing = [what for what, there, stage in (("verified weights", verdict.weights_ready, "weights"),
                                                ("image", verdict.image_present, "image"))
@@ -60,11 +69,16 @@ def run_stages(only: list[str] | None = None) -> None:
             "add the weights and image stages to vlm_stages)"], **bound)
         return
     if "service" in wanted:
-        release = prepare(cfg, verdict.plan, restart_for, **bound)
+        release = prepare(cfg, verdict.plan, restart_for + daemon, **bound)
         # the restarts, batch by batch: see vlmfleet/stages/rollout.py for how the order is built
         for k in host.loop(range(len(plan_batches))):
             rollout.batch_gate(k, len(plan_batches), tuple(plan_batches[k]), name=f"Begin rollout batch {k + 1}")
             if k == mine:
+                if daemon:
+                    gate = [rollout.may_restart(k)]
+                    release.react_to.append(restart_docker(daemon[0], _if=gate, **bound))
+                    if "image" in wanted:
+                        release.react_to += image(cfg, _if=gate, **bound)
                 started += restart(cfg, release, k, **bound)
     if "health" in wanted:
         health(cfg, verdict.plan, started, **bound)
