@@ -99,8 +99,12 @@ def test_lock_command_exact():
         "if grep -qx run=R1 /var/lib/vlmfleet/rollout.lock 2>/dev/null; then rm -f /var/lib/vlmfleet/rollout.lock; "
         "fi; true")
     assert ro.lock_command("/var/lib/vlmfleet/rollout.lock", "R1", "a@ctl").startswith(
-        "mkdir -p /var/lib/vlmfleet && if ( set -C; printf 'run=%s\\nwho=%s\\nsince=%s\\n' R1 a@ctl "
-        "\"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" > /var/lib/vlmfleet/rollout.lock ) 2>/dev/null; then exit 0; fi; ")
+        "mkdir -p /var/lib/vlmfleet && printf 'run=%s\\nwho=%s\\nsince=%s\\n' R1 a@ctl "
+        "\"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" > /var/lib/vlmfleet/rollout.lock.R1 || { rm -f "
+        "/var/lib/vlmfleet/rollout.lock.R1; echo \"cannot write the rollout lock /var/lib/vlmfleet/rollout.lock "
+        "(disk full?)\" >&2; exit 1; }; if ln /var/lib/vlmfleet/rollout.lock.R1 /var/lib/vlmfleet/rollout.lock "
+        "2>/dev/null; then rm -f /var/lib/vlmfleet/rollout.lock.R1; exit 0; fi; rm -f "
+        "/var/lib/vlmfleet/rollout.lock.R1; ")
 
 
 def sh(command: str) -> subprocess.CompletedProcess:
@@ -121,6 +125,7 @@ def test_lock_in_a_real_shell(tmp_path):
     assert broke.returncode == 0 and "breaking the rollout lock of alice@ctl since" in broke.stderr
     assert Path(path).read_text().startswith("run=R2\nwho=bob@other\n")
     assert sh(ro.unlock_command(path, "R2")).returncode == 0 and not Path(path).exists()
+    assert sorted(p.name for p in Path(path).parent.iterdir()) == []  # no file of a run left behind
 
 
 def test_the_lock_cannot_be_taken_twice_at_once(tmp_path):
@@ -189,7 +194,8 @@ TORCH_OOM = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 
 
 @pytest.mark.parametrize("journal, kind", [
     (f"INFO loading\n{OOM_033}\n", "oom"), (TORCH_OOM, "oom"), (KV_033, "kv_cache"), (KV_V0, "kv_cache"),
-    ("ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization`", "kv_cache"),
+    ("ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization`",
+     "no_cache_memory"),
     ("RuntimeError: The NVIDIA driver on your system is too old (found version 12020).", None),
     (f"{TORCH_OOM}\n...\n{KV_033}", "kv_cache"),  # the last memory message decides
 ])
@@ -205,6 +211,7 @@ def test_next_rung_skips_a_utilisation_only_rung_for_a_kv_cache_too_small():
     assert release_tool.next_rung(ladder, 2, "oom")["rung"] == 3
     assert release_tool.next_rung(ladder, 3, "oom") is None
     assert release_tool.next_rung(ladder, 0, None) is None  # not a memory failure: straight to the rollback
+    assert release_tool.next_rung(ladder, 0, "no_cache_memory") is None  # no rung gives the cache memory
 
 
 def test_last_error_is_vllms_reason_not_the_traceback():
@@ -212,3 +219,173 @@ def test_last_error_is_vllms_reason_not_the_traceback():
                f"last):\n  (vLLM stand-in)\n{OOM_033}\n")
     assert release_tool.last_error(journal) == OOM_033[:300]
     assert release_tool.memory_message(journal) == OOM_033
+
+
+# ---- vlmfleet-release's failure paths, on stub systemctl / journalctl / docker and a stub health check -----------
+STUB = """#!/bin/sh
+echo "$0 $*" >> {log}
+case "$(basename $0) $1" in
+  "systemctl restart") [ -e {fail_restart} ] && {{ echo "Job for u.service failed because the control process exited with error code." >&2; exit 1; }}; exit 0;;
+  "systemctl show") case "$3" in NRestarts) echo 0;; SubState) echo running;; ActiveState) echo active;; esac;;
+  "journalctl -u") case "$*" in *show-cursor*) echo "-- cursor: s=1";; *) cat {journal} 2>/dev/null;; esac;;
+  "docker image") echo sha256:abc;;
+esac
+exit 0
+"""
+HEALTH = """#!/bin/sh
+grep -q GOOD {unit} && {{ echo '{{"healthy": true}}'; exit 0; }}
+echo "not healthy" >&2; exit 1
+"""
+
+
+@pytest.fixture
+def host_dir(tmp_path, monkeypatch):
+    """A release folder and the live files of one service, with stubs for what vlmfleet-release calls."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    log, fail, journal = tmp_path / "calls.log", tmp_path / "fail-restart", tmp_path / "journal.txt"
+    for name in ("systemctl", "journalctl", "docker"):
+        (bin_ / name).write_text(STUB.format(log=log, fail_restart=fail, journal=journal))
+        (bin_ / name).chmod(0o755)
+    live = tmp_path / "live"
+    live.mkdir()
+    health = bin_ / "health"
+    health.write_text(HEALTH.format(unit=live / "u.service"))
+    health.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_}:/usr/bin:/bin")
+    monkeypatch.setattr(release_tool, "POLL_S", 0.05)
+    root = tmp_path / "releases"
+    (root / "candidate").mkdir(parents=True)
+
+    def stage(unit: str, rungs: int = 0, env: str = "VLLM_API_KEY=k1\n"):
+        cand = root / "candidate"
+        (cand / "vllm.service").write_text(unit)
+        (cand / "env").write_text(env)
+        (cand / "plan.json").write_text('{"rung": 0}\n')
+        ladder = []
+        for n in range(1, rungs + 1):
+            (cand / f"rung-{n}.service").write_text(f"{unit} rung {n}\n")
+            (cand / f"rung-{n}.plan.json").write_text(f'{{"rung": {n}}}\n')
+            ladder.append({"rung": n, "changes": {"gpu_memory_utilization": 0.9 - n / 20}, "why": f"rung {n}",
+                           "only_utilisation": n == 1, "unit": f"rung-{n}.service", "plan": f"rung-{n}.plan.json"})
+        meta = {"id": unit.split()[0], "unit_name": "u.service", "unit_path": str(live / "u.service"),
+                "env_file": str(live / "u.env"), "auth_file": str(live / "u.auth"), "plan_file": str(live / "plan.json"),
+                "health": [str(health)], "deadline_s": 5, "image": "img", "ladder": ladder}
+        (cand / "release.json").write_text(json.dumps(meta))
+
+    def run(action: str):
+        return release_tool.main([action, "--dir", str(root), "--run", "R1", "--who", "t@ctl"])
+
+    return {"root": root, "live": live, "stage": stage, "run": run, "fail": fail, "journal": journal, "log": log}
+
+
+def _state(h):
+    return json.loads((h["root"] / "state.json").read_text())["active"]
+
+
+def _history(h):
+    return [json.loads(x) for x in (h["root"] / "history.jsonl").read_text().splitlines()]
+
+
+def test_a_healthy_release_becomes_the_known_good_one(host_dir, capsys):
+    h = host_dir
+    h["stage"]("A GOOD")
+    assert h["run"]("apply") == 0
+    assert _state(h)["id"] == "A" and (h["root"] / "good/vllm.service").read_text() == "A GOOD"
+    assert (h["live"] / "u.auth").read_text() == "Authorization: Bearer k1\n"  # follows the release's env
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["result"] == "healthy"
+
+
+def test_a_failing_release_returns_to_the_known_good_one(host_dir, capsys):
+    h = host_dir
+    h["stage"]("A GOOD")
+    h["run"]("apply")
+    h["stage"]("B bad", env="VLLM_API_KEY=k2\n")
+    assert h["run"]("apply") == 3
+    assert (h["live"] / "u.service").read_text() == "A GOOD" and (h["live"] / "u.env").read_text() == "VLLM_API_KEY=k1\n"
+    assert _state(h)["id"] == "A" and _history(h)[-1]["result"] == "failed, rolled back to A"
+    out = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert out["result"] == "rolled_back" and "back on A, healthy" in out["message"]
+
+
+def test_a_refused_start_is_a_failed_start_and_is_rolled_back(host_dir, capsys):
+    """systemctl restart itself fails (the weights guard in ExecStartPre refused): rollback, record, no traceback."""
+    h = host_dir
+    h["stage"]("A GOOD")
+    h["run"]("apply")
+    h["stage"]("B GOOD too")
+    h["fail"].write_text("")
+    h["journal"].write_text("vlmfleet-fetch: /srv/models/X is not a verified copy of X@main (state missing): "
+                            "refusing to serve it\n")
+    assert h["run"]("apply") == 4  # the rollback's restart is refused too: nothing healthy runs
+    last = _history(h)[-1]
+    assert last["tried"][0]["failure"].startswith("systemctl restart u.service failed: Job for u.service failed")
+    assert "which also failed" in last["result"] and _state(h)["failed"] is True
+    h["fail"].unlink()
+    assert h["run"]("apply") == 0 and _state(h)["id"] == "B"
+
+
+def test_the_ladder_walks_on_vllms_oom_and_the_rung_is_kept(host_dir):
+    h = host_dir
+    h["stage"]("A GOOD")
+    h["run"]("apply")
+    h["stage"]("B x", rungs=2)  # rung 1's unit reads "B x rung 1": not healthy; rung 2 neither
+    h["journal"].write_text("ERROR EngineCore failed to start.\n" + OOM_033 + "\n")
+    assert h["run"]("apply") == 3  # both rungs fail: back on A
+    assert [t["rung"] for t in _history(h)[-1]["tried"]] == [0, 1, 2]
+    h["stage"]("C GOOD", rungs=2)
+    assert h["run"]("apply") == 0 and _state(h)["rung"] == 0
+
+
+def test_an_env_only_change_that_fails_is_tried_again_next_run(host_dir):
+    h = host_dir
+    h["stage"]("A GOOD")
+    h["run"]("apply")
+    (h["root"] / "candidate/vllm.service").write_text("A GOOD")  # same unit, new key, and a health check that fails
+    (h["root"] / "candidate/env").write_text("VLLM_API_KEY=k2\n")
+    health = Path(json.loads((h["root"] / "candidate/release.json").read_text())["health"][0])
+    health.write_text("#!/bin/sh\ngrep -q k2 " + str(h["live"] / "u.env") + " && exit 1; echo '{}'; exit 0\n")
+    assert h["run"]("apply") == 3
+    assert _state(h)["id"] == "A" and _state(h)["env_not_applied"] is True  # the deploy applies it again next run
+
+
+def test_a_first_failed_apply_returns_to_the_unit_the_host_ran_before(host_dir):
+    h = host_dir
+    (h["live"] / "u.service").write_text("# Managed by vlmfleet (old) GOOD")
+    h["stage"]("B bad")
+    assert h["run"]("apply") == 3
+    assert (h["live"] / "u.service").read_text() == "# Managed by vlmfleet (old) GOOD"
+    assert _state(h)["adopted"] is True
+
+
+def test_a_first_failed_apply_with_nothing_before_stops_and_disables_the_unit(host_dir):
+    h = host_dir
+    h["stage"]("B bad")
+    assert h["run"]("apply") == 4
+    calls = h["log"].read_text()
+    assert "systemctl stop u.service" in calls and "systemctl disable u.service" in calls
+
+
+def test_rollback_on_demand_and_nothing_before(host_dir, capsys):
+    h = host_dir
+    h["stage"]("A GOOD")
+    assert h["run"]("rollback") == 5  # nothing at all yet
+    h["run"]("apply")
+    assert h["run"]("rollback") == 5  # one release only
+    h["stage"]("B GOOD")
+    h["run"]("apply")
+    capsys.readouterr()
+    assert h["run"]("rollback") == 0
+    assert _state(h)["id"] == "A" and (h["live"] / "u.service").read_text() == "A GOOD"
+    out = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert out["message"] == "rolled back from B to A, healthy"
+    assert h["run"]("rollback") == 5  # A was the release before B; nothing before A is kept
+
+
+def test_an_interrupted_swap_of_the_good_release_is_recovered(host_dir):
+    h = host_dir
+    h["stage"]("A GOOD")
+    h["run"]("apply")
+    (h["root"] / "good").rename(h["root"] / "good.old")  # killed between the two renames
+    h["stage"]("B bad")
+    assert h["run"]("apply") == 3 and (h["live"] / "u.service").read_text() == "A GOOD"

@@ -37,3 +37,33 @@ def test_the_fetch_tool_and_the_stages_agree_on_the_manifest_name():
 
     tool = (Path(__file__).resolve().parent.parent / "vlmfleet/remote/vlmfleet_fetch.py").read_text()
     assert re.search(rf'^MANIFEST = "{re.escape(MANIFEST)}"$', tool, re.M)
+
+
+def test_the_units_guard_refuses_an_unverified_folder_and_accepts_any_verified_revision(tmp_path):
+    """vlmfleet-fetch --check --require (the unit's ExecStartPre): exit 3 with its message unless the folder is a
+    verified copy; a copy of another revision passes (a release rolled back to after a revision change)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tool = Path(__file__).resolve().parent.parent / "vlmfleet/remote/vlmfleet_fetch.py"
+    dest = tmp_path / "Qwen2.5-VL-7B-Instruct"
+    dest.mkdir()
+
+    def guard(revision="main"):
+        return subprocess.run([sys.executable, str(tool), "--source", "huggingface", "--repo", "Qwen/X", "--revision",
+                               revision, "--dest", str(dest), "--endpoint", "http://hub", "--verify", "size", "--check",
+                               "--require"], capture_output=True, text=True)
+
+    missing = guard()
+    assert missing.returncode == 3
+    assert f"{dest} is not a verified copy of Qwen/X@main (state missing): refusing to serve it — fix: run the " \
+           "weights stage" in missing.stderr
+    (dest / "a.bin").write_bytes(b"1234")
+    (dest / ".vlmfleet-verified.json").write_text(json.dumps({
+        "source": "huggingface", "repo": "Qwen/X", "revision": "v1", "files": {"a.bin": {"size": 4, "sha256": "x"}}}))
+    assert guard("main").returncode == 0 and guard("v1").returncode == 0
+    (dest / "a.bin").write_bytes(b"12")  # a fetch rewriting it
+    short = guard("v1")
+    assert short.returncode == 3 and "(state corrupt: a.bin)" in short.stderr

@@ -119,7 +119,8 @@ def summary(outcomes: dict[str, Outcome]) -> list[str]:
 
 # ---- the host's rollout lock: plain shell, so it works before anything of vlmfleet is on the host ---------------
 def lock_command(path: str, run: str, who: str, break_lock: bool = False) -> str:
-    """Take the lock file ``path`` for ``run`` atomically (the shell's noclobber: O_EXCL), or say who holds it.
+    """Take the lock file ``path`` for ``run`` atomically, or say who holds it: the lines are written to a file of
+    this run first and hard-linked into place (``ln`` fails when the lock exists), so a lock is never empty.
     The file holds ``run=``, ``who=`` and ``since=`` lines. Exit 0: taken (or already this run's); 2: held.
 
     + path: e.g. ``/var/lib/vlmfleet/rollout.lock``
@@ -132,8 +133,10 @@ def lock_command(path: str, run: str, who: str, break_lock: bool = False) -> str
     write = f"printf 'run=%s\\nwho=%s\\nsince=%s\\n' {q(run)} {q(who)} \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\""
     held = ('held="$(sed -n \'s/^who=//p\' ' + f + ') since $(sed -n \'s/^since=//p\' ' + f + ') (run '
             '$(sed -n \'s/^run=//p\' ' + f + '))"')
-    head = (f"mkdir -p {q(str(PurePosixPath(path).parent))} && "
-            f"if ( set -C; {write} > {f} ) 2>/dev/null; then exit 0; fi; "
+    tmp = q(f"{path}.{run}")
+    head = (f"mkdir -p {q(str(PurePosixPath(path).parent))} && {write} > {tmp} || {{ rm -f {tmp}; "
+            f"echo \"cannot write the rollout lock {path} (disk full?)\" >&2; exit 1; }}; "
+            f"if ln {tmp} {f} 2>/dev/null; then rm -f {tmp}; exit 0; fi; rm -f {tmp}; "
             f"if grep -qx {q('run=' + run)} {f}; then exit 0; fi; {held}; ")
     if break_lock:
         return head + (f"echo \"breaking the rollout lock of $held (rollout_break_lock)\" >&2; "

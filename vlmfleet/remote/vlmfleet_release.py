@@ -16,8 +16,9 @@ the known-good release, which is checked healthy again. ``rollback`` returns to 
 current one on demand. Every apply and rollback appends one JSON line to DIR/history.jsonl (when, who, run,
 from, to, result, the rung that worked). The last JSON line on stdout is the outcome; messages go to stderr.
 
-Exit: 0 healthy; 3 the release failed and the host is back on its known-good release (healthy); 4 the release
-failed and no healthy release runs (see the message); 2 usage.
+Exit: 0 healthy (or rolled back on demand, healthy); 3 the release failed and the host is back on its known-good
+release (healthy); 4 the release failed and no healthy release runs (see the message); 5 rollback: nothing earlier
+to return to (nothing changed); 2 usage, or another vlmfleet-release is acting on the service.
 """
 
 import argparse
@@ -43,9 +44,12 @@ MEMORY_MESSAGES = {
     "kv_cache": (
         r"is larger than the maximum number of tokens that can be stored in KV cache",
         r"KV cache is needed, which is larger than the available KV cache memory",
-        r"No available memory for the cache blocks",
     ),
+    # no memory at all for the cache: less utilisation, a shorter length or fp8 cannot help (every rung keeps the
+    # lowered utilisation): straight to the rollback
+    "no_cache_memory": (r"No available memory for the cache blocks",),
 }
+LADDER_KINDS = ("oom", "kv_cache")
 RELEASE_FILES = ("vllm.service", "env", "plan.json", "release.json")
 POLL_S = 2.0
 
@@ -91,7 +95,7 @@ def memory_message(journal_text):
 def next_rung(ladder, current, kind):
     """The rung to try after ``current`` (0: the release as planned) for a failure of ``kind``: the next one, but
     one that only lowers utilisation is skipped for a KV cache too small (less memory cannot help it)."""
-    if kind not in MEMORY_MESSAGES:
+    if kind not in LADDER_KINDS:
         return None
     for rung in ladder:
         if rung["rung"] <= current:
@@ -130,13 +134,14 @@ def read_bytes(path):
 
 def copy_release(src, dest):
     """A whole release folder, written beside ``dest`` and swapped in (never half a release)."""
-    tmp = f"{dest}.new"
+    tmp, old = f"{dest}.new", f"{dest}.old"
+    if not os.path.exists(dest) and os.path.exists(old):
+        os.rename(old, dest)  # a swap interrupted between its two renames: the old copy is still the one
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp, mode=0o700)
     for name in os.listdir(src):
         if os.path.isfile(os.path.join(src, name)):
             shutil.copy2(os.path.join(src, name), os.path.join(tmp, name))
-    old = f"{dest}.old"
     shutil.rmtree(old, ignore_errors=True)
     if os.path.exists(dest):
         os.rename(dest, old)
@@ -195,6 +200,12 @@ class Host:
         self.previous = os.path.join(root, "previous")
         self.state_file = os.path.join(root, "state.json")
         self.history = os.path.join(root, "history.jsonl")
+        for folder in (self.good, self.previous):  # a swap interrupted between its renames (copy_release)
+            if not os.path.exists(folder) and os.path.exists(f"{folder}.old"):
+                try:
+                    os.rename(f"{folder}.old", folder)
+                except OSError:
+                    pass
         self.meta = read_json(os.path.join(self.candidate, "release.json")) or {}
         self.state = read_json(self.state_file, {}) or {}
 
@@ -246,7 +257,12 @@ class Host:
         systemctl("reset-failed", unit, check=False)
         restarts_before = int(unit_show(unit, "NRestarts") or 0)
         cursor = journal_cursor(unit)
-        systemctl("restart", unit)
+        started_job = systemctl("restart", unit, check=False)
+        if started_job.returncode != 0:  # e.g. ExecStartPre (the weights guard) refused
+            journal = journal_after(unit, cursor)
+            said = last_error(journal) or journal.strip().splitlines()[-1:] and journal.strip().splitlines()[-1]
+            message = f"systemctl restart {unit} failed: {started_job.stderr.strip()[:200]}"
+            return False, classify(journal), f"{message}: {said}" if said else message, journal
         argv = list(meta["health"]) + ["--deadline", str(deadline)]
         result_file = meta.get("health_result")
         health = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -293,14 +309,63 @@ def outcome(**kw):
     print(json.dumps(kw, sort_keys=True), flush=True)
 
 
+def hold(root):
+    """An exclusive lock on the release folder for this process (two vlmfleet-release never act at once), or
+    None when another holds it."""
+    import fcntl
+
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    fh = open(os.path.join(root, ".busy"), "w")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        return None
+    return fh
+
+
+def adopt_live(h, meta):
+    """A host deployed before releases: keep the unit it runs as the known-good release, so a failed first apply
+    returns to it instead of leaving the host with nothing."""
+    unit = read_bytes(meta["unit_path"])
+    if os.path.exists(os.path.join(h.good, "release.json")) or unit is None:
+        return
+    if not unit.startswith(b"# Managed by vlmfleet") or unit_show(meta["unit_name"], "ActiveState") != "active":
+        return
+    import hashlib
+
+    tmp = f"{h.root}/good.stage"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp, mode=0o700)
+    write_atomic(os.path.join(tmp, "vllm.service"), unit, 0o644)
+    for name, src, mode in (("env", meta["env_file"], 0o600), ("plan.json", meta["plan_file"], 0o644)):
+        data = read_bytes(src)
+        if data is not None:
+            write_atomic(os.path.join(tmp, name), data, mode)
+    active = {"id": hashlib.sha256(unit).hexdigest()[:12], "rung": 0, "since": now(), "adopted": True}
+    record = dict(meta, id=active["id"], ladder=[], active=active)
+    write_atomic(os.path.join(tmp, "release.json"), json.dumps(record, indent=1, sort_keys=True) + "\n", 0o600)
+    copy_release(tmp, h.good)
+    shutil.rmtree(tmp, ignore_errors=True)
+    h.state.setdefault("active", active)
+    say(f"kept the unit this host ran before vlmfleet-release as its known-good release {active['id']}")
+
+
 def apply(args):
     h = Host(args.dir)
     meta = h.meta
     if not meta:
         say(f"{h.candidate}/release.json is missing: run the service stage (deploys/vlm.py) first")
         return 2
+    busy = hold(h.root)
+    if busy is None:
+        say(f"{h.root}: another vlmfleet-release is acting on this service right now (an earlier run's apply "
+            "still going?) — fix: wait for it; `ps -ef | grep vlmfleet-release` on the host shows it")
+        outcome(result="busy", message="another vlmfleet-release is acting on this service")
+        return 2
     ladder = meta.get("ladder", [])
     deadline = int(meta["deadline_s"])
+    adopt_live(h, meta)
     before = h.current()
     entry = {"when": now(), "who": args.who, "run": args.run, "action": "apply", "from": describe(before),
              "to": meta["id"], "tried": []}
@@ -309,8 +374,11 @@ def apply(args):
         attempt += 1
         label = f"rung {rung['rung']} ({rung['why']})" if rung else "as planned"
         say(f"starting release {meta['id']} {label}: up to {deadline}s for a healthy server")
-        h.install(h.candidate, rung)
-        ok, kind, message, journal = h.start_and_check(meta, deadline)
+        try:
+            h.install(h.candidate, rung)
+            ok, kind, message, journal = h.start_and_check(meta, deadline)
+        except (RuntimeError, OSError, subprocess.SubprocessError, KeyError, ValueError) as exc:
+            ok, kind, message, journal = False, None, f"installing or starting it failed: {exc}", ""
         entry["tried"].append({"rung": rung["rung"] if rung else 0, "healthy": ok, "failure": message,
                                "memory": kind, "vllm_said": memory_message(journal)})
         if ok:
@@ -320,7 +388,7 @@ def apply(args):
             say(f"vLLM's journal: {memory_message(journal)}")
         nxt = next_rung(ladder, rung["rung"] if rung else 0, kind)
         if nxt is None:
-            if kind:
+            if kind in LADDER_KINDS:
                 say(f"the startup ladder has no further rung for '{kind}' ({len(ladder)} planned; "
                     "startup_ladder_steps)")
             return roll_back(h, meta, entry, message)
@@ -328,11 +396,17 @@ def apply(args):
         rung = nxt
     active = {"id": meta["id"], "rung": rung["rung"] if rung else 0, "since": now(), "run": args.run,
               "changes": rung["changes"] if rung else {}, "image_id": image_id(meta["image"])}
-    keep_good(h, active, rung)
+    try:
+        keep_good(h, active, rung)
+    except OSError as exc:  # the server is healthy; only its copy as the known-good release failed
+        say(f"warning: release {meta['id']} is healthy but could not be kept as the known-good release ({exc})")
     h.state["active"] = active
-    h.save_state()
     entry.update(result="healthy", rung=active["rung"], changes=active["changes"])
-    h.record(entry)
+    try:
+        h.save_state()
+        h.record(entry)
+    except OSError as exc:
+        say(f"warning: release {meta['id']} is healthy but its record could not be written ({exc})")
     how = f" after ladder rung {rung['rung']}: {rung['why']}" if rung else ""
     outcome(result="healthy", release=meta["id"], rung=active["rung"], changes=active["changes"],
             message=f"release {meta['id']} is healthy{how}", previous=describe(before))
@@ -362,62 +436,77 @@ def keep_good(h, active, rung):
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def roll_back(h, meta, entry, why, target=None, action_result="failed, rolled back"):
-    """Return to ``target`` (default: the known-good release) and check it healthy again."""
+def roll_back(h, meta, entry, why, target=None, on_demand=False):
+    """Return to ``target`` (default: the known-good release) and check it healthy again. Exit 3 (0 on demand)
+    when it is healthy, 4 when nothing healthy runs."""
     target = target or h.good
     good = read_json(os.path.join(target, "release.json"))
     if not good:
         h.stop(meta)
+        systemctl("disable", meta["unit_name"], check=False)  # a reboot must not start it either
         h.state["active"] = {"id": meta["id"], "rung": None, "since": now(), "run": entry["run"], "failed": True}
         h.save_state()
         entry.update(result="failed, no earlier release: stopped")
         h.record(entry)
-        say(f"{meta['unit_name']}: no earlier healthy release on this host to return to: the unit is stopped "
-            "(it would only fail again) — fix what the message above says and run the deploy again")
+        say(f"{meta['unit_name']}: no earlier healthy release on this host to return to: the unit is stopped and "
+            "disabled (it would only fail again) — fix what the message above says and run the deploy again")
         outcome(result="failed", release=meta["id"], rolled_back=False,
                 message=f"release {meta['id']} failed ({why}); no earlier release on this host: stopped")
         return 4
-    say(f"returning to release {describe(good.get('active'))}")
-    h.install(target)
-    ok, _, message, _ = h.start_and_check(good, int(good.get("deadline_s") or meta["deadline_s"]))
-    active = dict(good.get("active") or {}, since=now(), run=entry["run"])
+    back = good.get("active") or {}
+    say(f"returning to release {describe(back)}")
+    try:
+        h.install(target)
+        ok, _, message, _ = h.start_and_check(good, int(good.get("deadline_s") or meta["deadline_s"]))
+    except (RuntimeError, OSError, subprocess.SubprocessError, KeyError, ValueError) as exc:
+        ok, message = False, f"installing or starting it failed: {exc}"
+    active = dict(back, since=now(), run=entry["run"])
+    if not on_demand and back.get("id") == meta["id"]:
+        # the same unit with another env file (a new key): the candidate is not what runs, the next run tries it
+        active["env_not_applied"] = True
     h.state["active"] = active if ok else dict(active, failed=True)
     h.save_state()
-    if ok and target == h.previous:  # on demand: the release rolled back from is no longer the known-good one
-        copy_release(h.previous, h.good)
-    entry.update(result=f"{action_result} to {describe(active)}" + ("" if ok else f" — which also failed: {message}"),
+    if ok and on_demand:  # the release rolled back from is no longer the known-good one
+        copy_release(target, h.good)
+        shutil.rmtree(h.previous, ignore_errors=True)
+    what = "rolled back" if on_demand else "failed, rolled back"
+    entry.update(result=f"{what} to {describe(active)}" + ("" if ok else f" — which also failed: {message}"),
                  back_to=describe(active), back_healthy=ok)
     h.record(entry)
     if ok:
-        outcome(result="rolled_back", release=meta["id"], rolled_back=True, back_to=describe(active),
-                message=f"release {meta['id']} failed ({why}); back on {describe(active)}, healthy")
-        return 3
+        text = (f"rolled back from {entry['from']} to {describe(active)}, healthy" if on_demand else
+                f"release {meta['id']} failed ({why}); back on {describe(active)}, healthy")
+        outcome(result="rolled_back", release=meta["id"], rolled_back=True, back_to=describe(active), message=text)
+        return 0 if on_demand else 3
     say(f"the release returned to ({describe(active)}) is not healthy either: {message}")
     outcome(result="failed", release=meta["id"], rolled_back=True, back_to=describe(active),
-            message=f"release {meta['id']} failed ({why}); {describe(active)} is not healthy either: {message}")
+            message=f"{'rollback' if on_demand else 'release ' + meta['id']} failed ({why}); {describe(active)} is "
+                    f"not healthy either: {message}")
     return 4
 
 
 def rollback(args):
-    """On demand: back to the release before the one the host runs, checked healthy."""
+    """On demand: back to the release before the one the host runs, checked healthy. Exit 5: nothing earlier."""
     h = Host(args.dir)
+    busy = hold(h.root)
+    if busy is None:
+        say(f"{h.root}: another vlmfleet-release is acting on this service right now — fix: wait for it")
+        outcome(result="busy", message="another vlmfleet-release is acting on this service")
+        return 2
     active = h.current()
     good = read_json(os.path.join(h.good, "release.json")) or {}
     target = h.good
-    if good.get("id") == active.get("id") and not active.get("failed"):
+    if (good.get("active") or {}).get("id") == active.get("id") and not active.get("failed"):
         target = h.previous  # the host runs its known-good release: go back one
     tmeta = read_json(os.path.join(target, "release.json"))
+    back = (tmeta or {}).get("active") or {}
+    if not tmeta or back.get("id") == active.get("id"):
+        say(f"{args.dir}: no release before {describe(active)} is kept on this host: nothing to roll back to")
+        outcome(result="nothing", message=f"no release before {describe(active)} on this host; nothing changed")
+        return 5
     entry = {"when": now(), "who": args.who, "run": args.run, "action": "rollback", "from": describe(active),
-             "to": describe((tmeta or {}).get("active"))}
-    if not tmeta:
-        entry["result"] = "nothing to roll back to"
-        h.record(entry)
-        say(f"{args.dir}: no earlier release is kept on this host (only {describe(active)}): nothing to roll "
-            "back to")
-        outcome(result="failed", message="no earlier release on this host")
-        return 4
-    code = roll_back(h, tmeta, entry, "rollback on demand", target=target, action_result="rolled back")
-    return 0 if code == 3 else code
+             "to": describe(back)}
+    return roll_back(h, tmeta, entry, "rollback on demand", target=target, on_demand=True)
 
 
 def status(args):

@@ -15,6 +15,7 @@ from ..facts import CommandJson
 from ..paths import PACKAGE_DIR
 from ..planner import Plan
 from ..service import health_argv
+from . import rollout
 from .common import pyinfra_timeout
 
 
@@ -55,6 +56,8 @@ def health(cfg: HostConfig, plan: Plan, react_to: list) -> None:
     changes = [tool, *react_to]
 
     def must_check() -> bool:
+        if not rollout.reached():
+            return False  # the rollout stopped before this host: it serves its old release
         return not healthy_before or any(op.did_change() for op in changes)
 
     if healthy_before and not react_to:

@@ -39,6 +39,7 @@ class _Run:
         self.registered = False
         self.state = None
         self.locked: set[str] = set()  # hosts whose lock this run took
+        self.keep_locked: set[str] = set()  # hosts whose apply ended without an outcome: the lock stays, saying so
         self.executed = False  # False in --dry: no summary of outcomes that did not happen
 
     def set(self, name: str, outcome: ro.Outcome) -> None:
@@ -48,9 +49,16 @@ class _Run:
 RUN = _Run()
 
 
-def sudo_args() -> dict:
-    """The privilege arguments a command run from Python needs (pyinfra applies them only to operations)."""
-    return {"_sudo": bool(host.data.get("_sudo", False))}
+def sudo_args(h=None) -> dict:
+    """The privilege arguments a command run from Python needs (pyinfra applies them only to operations): the
+    host's ``_sudo``/``_sudo_user`` data, else the command line's ``--sudo``/``--sudo-user``."""
+    h = h or host
+    config = h.state.config
+    out = {"_sudo": bool(h.data.get("_sudo", getattr(config, "SUDO", False)))}
+    user = h.data.get("_sudo_user", getattr(config, "SUDO_USER", None))
+    if user:
+        out["_sudo_user"] = user
+    return out
 
 
 def lock_command(cfg: HostConfig) -> str:
@@ -94,7 +102,7 @@ def release_lock(cfg: HostConfig):
 
 
 def _unlock(cfg: HostConfig) -> None:
-    if host.name in RUN.locked:
+    if host.name in RUN.locked and host.name not in RUN.keep_locked:
         host.run_shell_command(StringCommand(unlock_command(cfg)), _timeout=60, **sudo_args())
         RUN.locked.discard(host.name)
 
@@ -103,10 +111,10 @@ def _unlock(cfg: HostConfig) -> None:
 def pool(cfg: HostConfig) -> list[str]:
     """The hosts of this run that serve the same profile as this one, in inventory order."""
     names = []
-    for other in ctx_state.inventory:
+    for other in ctx_state.inventory:  # connected hosts (one failing while planned keeps its place: same batches)
         if other.name == host.name:
             names.append(other.name)
-        elif other in ctx_state.active_hosts and (other.data.get("vlm_profile") or None) == cfg.vlm_profile:
+        elif other in ctx_state.activated_hosts and (other.data.get("vlm_profile") or None) == cfg.vlm_profile:
             names.append(other.name)
     return names
 
@@ -146,7 +154,16 @@ def apply_release(cfg: HostConfig, batch: int, bound_s: int, action: str = "appl
 
     def apply(state, host):  # noqa: ARG001 (pyinfra passes both when the function names them)
         cmd = shlex.join([paths.release_bin, action, "--dir", paths.release_dir, "--run", RUN_ID, "--who", WHO])
-        ok, out = host.run_shell_command(StringCommand(cmd), _timeout=bound_s, **sudo_args())
+        try:
+            ok, out = host.run_shell_command(StringCommand(cmd), _timeout=bound_s, **sudo_args(host))
+        except Exception as exc:  # a timeout, a lost connection: what happened on the host is not known
+            RUN.keep_locked.add(host.name)
+            message = (f"no outcome from vlmfleet-release {action} within {bound_s}s ({type(exc).__name__}: "
+                       f"{exc}); the host keeps its rollout lock — check {paths.release_dir}/history.jsonl and "
+                       "`systemctl status` on the host, then break the lock on purpose (rollout_break_lock)")
+            RUN.set(host.name, ro.Outcome(ro.FAILED, message, batch))
+            logger.error(f"    [{host.name}] {message}")
+            return False
         result = {}
         for line in reversed(out.stdout_lines):
             if line.strip().startswith("{"):
@@ -157,24 +174,35 @@ def apply_release(cfg: HostConfig, batch: int, bound_s: int, action: str = "appl
                     continue
         for line in out.stderr_lines:
             logger.info(f"    [{host.name}] {line}")
-        message = result.get("message") or (out.stderr_lines[-1] if out.stderr_lines else "no answer")
         kind = result.get("result")
+        message = result.get("message") or ""
         if ok and kind == "healthy":
             RUN.set(host.name, ro.Outcome(ro.UPDATED, message, batch))
             return True
-        if ok and action == "rollback" and kind == "rolled_back":
+        if action == "rollback" and kind == "rolled_back" and ok:
             RUN.set(host.name, ro.Outcome(ro.RETURNED, message, batch))
+            logger.info(f"    [{host.name}] {message}")
+            return True
+        if action == "rollback" and kind == "nothing":
+            RUN.set(host.name, ro.Outcome(ro.UNCHANGED, message, batch))
             logger.info(f"    [{host.name}] {message}")
             return True
         state_ = ro.ROLLED_BACK if kind == "rolled_back" else ro.FAILED
         if not result:
-            message = (f"no outcome from vlmfleet-release within {bound_s}s (timed out or lost): check "
-                       f"{paths.release_dir}/history.jsonl on the host")
+            last = out.stderr_lines[-1] if out.stderr_lines else "no output"
+            message = f"vlmfleet-release {action} gave no outcome (it printed: {last[:300]})"
         RUN.set(host.name, ro.Outcome(state_, message, batch))
         logger.error(f"    [{host.name}] {message}")
         return False
 
     return apply
+
+
+def reached() -> bool:
+    """False for a host the rollout stopped before: it serves its old release, which later stages (the health
+    check with the new settings) must not judge."""
+    o = RUN.outcomes.get(host.name)
+    return not (o and o.state == ro.NOT_REACHED)
 
 
 # ---- the end of the run -----------------------------------------------------------------------------------------
@@ -199,9 +227,8 @@ _CFGS: dict[str, HostConfig] = {}
 
 
 def _unlock_for(h, cfg: HostConfig) -> None:
-    if h.name in RUN.locked:
-        h.run_shell_command(StringCommand(unlock_command(cfg)), _timeout=60,
-                            _sudo=bool(h.data.get("_sudo", False)))
+    if h.name in RUN.locked and h.name not in RUN.keep_locked:
+        h.run_shell_command(StringCommand(unlock_command(cfg)), _timeout=60, **sudo_args(h))
         RUN.locked.discard(h.name)
 
 

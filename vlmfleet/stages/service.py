@@ -128,6 +128,8 @@ def prepare(cfg: HostConfig, plan: Plan, react_to: list) -> Release:
         reasons.append(f"release {active.get('id') or 'none'} -> {rid}")
     elif active.get("failed"):
         reasons.append(f"release {rid} failed last time")
+    elif active.get("env_not_applied"):
+        reasons.append(f"release {rid} with its new env file failed last time (the old one serves)")
     else:
         rung = int(active.get("rung") or 0)
         by_rung = {r.rung: r for r in rungs}
