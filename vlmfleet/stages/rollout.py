@@ -96,15 +96,16 @@ def release_lock(cfg: HostConfig):
     """Release the rollout lock this run took (another run's lock is left alone)."""
     if not ctx_state.is_executing:
         return
-    _unlock(cfg)
+    _unlock_for(host, cfg)
     if False:  # an operation is a generator; releasing is bookkeeping, not a change
         yield ""
 
 
-def _unlock(cfg: HostConfig) -> None:
-    if host.name in RUN.locked and host.name not in RUN.keep_locked:
-        host.run_shell_command(StringCommand(unlock_command(cfg)), _timeout=60, **sudo_args())
-        RUN.locked.discard(host.name)
+def _unlock_for(h, cfg: HostConfig) -> None:
+    """Release the lock this run took on host ``h`` (not when its apply ended without an outcome)."""
+    if h.name in RUN.locked and h.name not in RUN.keep_locked:
+        h.run_shell_command(StringCommand(unlock_command(cfg)), _timeout=60, **sudo_args(h))
+        RUN.locked.discard(h.name)
 
 
 # ---- batches ------------------------------------------------------------------------------------------------
@@ -117,6 +118,12 @@ def pool(cfg: HostConfig) -> list[str]:
         elif other in ctx_state.activated_hosts and (other.data.get("vlm_profile") or None) == cfg.vlm_profile:
             names.append(other.name)
     return names
+
+
+def my_batches(cfg: HostConfig) -> tuple[list[list[str]], int]:
+    """This host's pool cut into batches (``rollout_batches``), and the index of the batch it restarts in."""
+    members = pool(cfg)
+    return ro.batches(members, cfg.rollout_batches), ro.batch_index(host.name, members, cfg.rollout_batches)
 
 
 @operation(is_idempotent=True)
@@ -224,12 +231,6 @@ class _Callbacks(BaseStateCallback):
 
 
 _CFGS: dict[str, HostConfig] = {}
-
-
-def _unlock_for(h, cfg: HostConfig) -> None:
-    if h.name in RUN.locked and h.name not in RUN.keep_locked:
-        h.run_shell_command(StringCommand(unlock_command(cfg)), _timeout=60, **sudo_args(h))
-        RUN.locked.discard(h.name)
 
 
 def _print_summary() -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pyinfra import host
 
-from .. import rollout as ro
 from ..config import BY_KEY, STAGES
 from . import rollout
 from .common import fail_host, host_config
@@ -38,9 +37,7 @@ def run_stages(only: list[str] | None = None) -> None:
     wanted = set(only or cfg.vlm_stages)
     if not wanted - {"preflight"}:
         return
-    members = rollout.pool(cfg)
-    plan_batches = ro.batches(members, cfg.rollout_batches)
-    mine = ro.batch_index(host.name, members, cfg.rollout_batches)
+    plan_batches, mine = rollout.my_batches(cfg)
     rollout.register(cfg, mine if "service" in wanted else None)
     rollout.take_lock(cfg, name="Take the host's rollout lock (one rollout at a time)", **bound)
     restart_for: list = []
@@ -97,9 +94,7 @@ def run_rollback() -> None:
     if cfg is None:
         preflight(cfg, problems, **bound)  # names the keys to fix; nothing changes
         return
-    members = rollout.pool(cfg)
-    plan_batches = ro.batches(members, cfg.rollout_batches)
-    mine = ro.batch_index(host.name, members, cfg.rollout_batches)
+    plan_batches, mine = rollout.my_batches(cfg)
     rollout.register(cfg, mine)
     rollout.take_lock(cfg, name="Take the host's rollout lock (one rollout at a time)", **bound)
     limit = 2 * (cfg.deadline_s + cfg.stop_timeout_s + 120) + 60
