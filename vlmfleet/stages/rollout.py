@@ -52,7 +52,7 @@ RUN = _Run()
 def sudo_args(h=None) -> dict:
     """The privilege arguments a command run from Python needs (pyinfra applies them only to operations): the
     host's ``_sudo``/``_sudo_user`` data, else the command line's ``--sudo``/``--sudo-user``."""
-    h = h or host
+    h = host if h is None else h  # not `h or host`: pyinfra's context proxy has no truth value
     config = h.state.config
     out = {"_sudo": bool(h.data.get("_sudo", getattr(config, "SUDO", False)))}
     user = h.data.get("_sudo_user", getattr(config, "SUDO_USER", None))
