@@ -115,6 +115,36 @@ def _at_least(low: int | float, high: int | float, what: str = "") -> Callable[[
     return check
 
 
+def _duration(v: str) -> None:
+    if not re.fullmatch(r"[0-9]+(ms|s|m|h|d|w|y)", v):
+        raise Bad("must be a Prometheus duration like 15d, 12h or 90m")
+
+
+def _host_ports(v: list) -> None:
+    for item in v:
+        host, _, port = str(item).rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535 or "/" in host:
+            raise Bad(f"{item!r} is not host:port (e.g. alertmanager.example.internal:9093)")
+
+
+#: a port per profile at a gateway host: the two shipped groups first, the other catalog profiles after them
+DEFAULT_GATEWAY_PORTS = {"qwen7b": 8000, "qwen72b_awq": 8001, "qwen3b": 8002, "qwen7b_awq": 8003, "qwen32b": 8004,
+                         "qwen32b_awq": 8005, "qwen72b": 8006}
+
+
+def _gateway_ports(v: dict) -> None:
+    known = _profile_choices()
+    for prof, port in v.items():
+        if prof not in known:
+            raise Bad(f"{prof!r} is not a profile (profiles: {', '.join(known)})")
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise Bad(f"the port of {prof} must be a TCP port (1-65535), not {port!r}")
+    ports = [p for p in v.values()]
+    dup = sorted({p for p in ports if ports.count(p) > 1})
+    if dup:
+        raise Bad(f"gives port {dup[0]} to more than one profile: each profile needs its own port")
+
+
 def _batches(v: Any) -> None:
     why = batch_problem(v)
     if why:
@@ -470,6 +500,42 @@ SETTINGS: tuple[Setting, ...] = (
             "before rolling back; 0: roll back at once", check=_at_least(0, 3)),
     Setting("stop_timeout_s", 60, "int", "seconds a stopping server gets to finish in-flight requests "
             "(docker stop --time) before it is killed", check=_at_least(1, 3600)),
+    # -- monitoring (deploys/monitoring.py; docs/monitoring.md)
+    Setting("node_exporter_port", 9100, "int", "port of Prometheus' node exporter on every host (Debian's "
+            "prometheus-node-exporter)", check=_port),
+    Setting("dcgm_exporter_image", "nvcr.io/nvidia/k8s/dcgm-exporter:4.4.2-4.7.1-ubuntu22.04", "str", "NVIDIA's "
+            "DCGM exporter image, run on every host with nvidia_runtime (GPU memory, temperature, utilisation)",
+            check=_image),
+    Setting("dcgm_exporter_port", 9400, "int", "port of the DCGM exporter on GPU hosts", check=_port),
+    Setting("prometheus_port", 9090, "int", "port of Prometheus on monitoring hosts", check=_port),
+    Setting("prometheus_retention", "15d", "str", "how long Prometheus keeps samples (--storage.tsdb.retention"
+            ".time)", check=_duration),
+    Setting("scrape_interval_s", 15, "int", "seconds between scrapes of every target", check=_at_least(1, 3600)),
+    Setting("alertmanager_urls", [], "list", "Alertmanagers Prometheus sends alerts to, host:port (none: alerts "
+            "show in Prometheus only)", check=_host_ports),
+    Setting("grafana_install", True, "bool", "install Grafana from grafana_apt_url on monitoring hosts (its "
+            "provisioning files are written either way)"),
+    Setting("grafana_apt_url", "https://apt.grafana.com", "str", "Grafana's apt repository (or a mirror of it)",
+            check=_url),
+    Setting("alert_requests_waiting", 10, "int", "alert when a server keeps more requests than this waiting for "
+            "5 minutes", check=_at_least(0, 100000)),
+    Setting("alert_kv_cache_usage", 0.9, "float", "alert when a server's KV cache stays fuller than this fraction "
+            "for 5 minutes", check=_at_least(0.05, 1.0)),
+    Setting("alert_ttft_p95_s", 5.0, "float", "alert when a group's 95th percentile time to first token stays "
+            "above this many seconds for 10 minutes", check=_at_least(0.01, 3600)),
+    Setting("alert_gpu_memory_used", 0.98, "float", "alert when a GPU's memory stays fuller than this fraction "
+            "for 5 minutes (vLLM itself takes its gpu_memory_utilization)", check=_at_least(0.05, 1.0)),
+    Setting("alert_gpu_temp_c", 85, "int", "alert when a GPU stays hotter than this (degrees C) for 5 minutes",
+            check=_at_least(30, 120)),
+    # -- the gateway (deploys/gateway.py; docs/gateway.md)
+    Setting("gateway_ports", dict(DEFAULT_GATEWAY_PORTS), "dict", "port each profile's replicas answer on at a "
+            "gateway host (HAProxy): {profile: port}", check=_gateway_ports),
+    Setting("gateway_stats_port", 8404, "int", "port of HAProxy's stats page and Prometheus metrics (/metrics) "
+            "on gateway hosts", check=_port),
+    Setting("gateway_agent_port", 9101, "int", "port of the drain agent on serving hosts: HAProxy asks it whether "
+            "the replica takes new requests (a rollout drains it before the restart)", check=_port),
+    Setting("gateway_drain_s", 5, "int", "seconds a replica behind a gateway takes no new requests before its "
+            "restart (in-flight ones then get stop_timeout_s); 0: no drain", check=_at_least(0, 600)),
 )
 
 BY_KEY = {s.key: s for s in SETTINGS}
@@ -816,7 +882,8 @@ def image_version_mismatch(image: str, version: str) -> str | None:
 
 def build(host: str, data: Mapping[str, Any], *, sources: Mapping[str, str] | None = None, ssh_port: int = 22,
           profile_groups: Mapping[str, str] | None = None, check_files: bool = True, verify_fixes: bool = True,
-          beneath: Mapping[str, Any] | None = None) -> tuple[HostConfig | None, list[Problem]]:
+          beneath: Mapping[str, Any] | None = None,
+          roles: tuple[str, ...] = ()) -> tuple[HostConfig | None, list[Problem]]:
     """The host's configuration, or every problem with its data.
 
     + data: pyinfra's merged host data, e.g. ``host.data.dict()``; keys pyinfra owns (``ssh_*``, ``_sudo``) pass
@@ -825,6 +892,8 @@ def build(host: str, data: Mapping[str, Any], *, sources: Mapping[str, str] | No
     + profile_groups: the host's groups that select a profile, e.g. ``{"qwen7b": "qwen7b"}`` (exactly one allowed)
     + check_files: check api_key_file / hf_token_file on this (control) machine
     + beneath: the host's data without ``--data`` (host > group > all): a bad override's fix can be to drop it
+    + roles: the host's groups that give it a job besides serving, e.g. ``("monitoring", "gateway")``; such a host
+      may serve nothing
     """
     data = normalize(data)
     sources = sources or {}
@@ -847,10 +916,10 @@ def build(host: str, data: Mapping[str, Any], *, sources: Mapping[str, str] | No
                 bad(s.key, *found)
     if not problems:  # cross-checks build on sound values
         values = {**defaults(), **{k: v for k, v in data.items() if k in BY_KEY}}
-        _cross_checks(values, data, bad, ssh_port, profile_groups or {}, check_files)
+        _cross_checks(values, data, bad, ssh_port, profile_groups or {}, check_files, roles)
     if problems:
         if verify_fixes:
-            problems = [_verified(p, data, sources, ssh_port, profile_groups, check_files, beneath)
+            problems = [_verified(p, data, sources, ssh_port, profile_groups, check_files, beneath, roles)
                         for p in problems]
         return None, problems
     frozen = {k: (tuple(v) if isinstance(v, list) else MappingProxyType(dict(v)) if isinstance(v, dict) else v)
@@ -859,13 +928,13 @@ def build(host: str, data: Mapping[str, Any], *, sources: Mapping[str, str] | No
 
 
 def _verified(p: Problem, data: dict[str, Any], sources, ssh_port, profile_groups, check_files,
-              beneath) -> Problem:
+              beneath, roles=()) -> Problem:
     """The problem with a fix that really clears it. A bad ``--data`` override whose key has a sound value
     beneath (host or group data) is fixed by dropping the override; a fix whose value trips a rule between keys
     is replaced by removing the key (its default then applies) when the key may be unset."""
     def clears(fix: Fix) -> bool:
         _, left = build("?", fix.apply(data), sources=sources, ssh_port=ssh_port, profile_groups=profile_groups,
-                        check_files=check_files, verify_fixes=False)
+                        check_files=check_files, verify_fixes=False, roles=roles)
         return not any(q.key in (p.key, *fix.set, *fix.unset) for q in left)
 
     if p.source == "--data" and beneath is not None and p.key in BY_KEY:
@@ -887,8 +956,26 @@ def _verified(p: Problem, data: dict[str, Any], sources, ssh_port, profile_group
 
 
 def _cross_checks(v: dict[str, Any], data: Mapping[str, Any], bad, ssh_port: int, profile_groups: Mapping[str, str],
-                  check_files: bool) -> None:
+                  check_files: bool, roles: tuple[str, ...] = ()) -> None:
     """Rules between keys; ``bad(key, why, fix)`` records each."""
+    # -- the ports of the host's other jobs
+    taken = {ssh_port: "its SSH port"} if ssh_port else {}
+    if v["vlm_profile"]:
+        taken[v["api_port"]] = "api_port"
+        taken.setdefault(v["node_exporter_port"], "node_exporter_port")
+    if "monitoring" in roles:
+        if v["prometheus_port"] in taken:
+            bad("prometheus_port", f"is {taken[v['prometheus_port']]} on this host", Fix({"prometheus_port": 9090
+                if 9090 not in taken else 9091}))
+        taken.setdefault(v["prometheus_port"], "prometheus_port")
+    if "gateway" in roles:
+        for prof, port in sorted(v["gateway_ports"].items()):
+            if port in taken or port == v["gateway_stats_port"]:
+                bad("gateway_ports", f"gives {prof} port {port}, which is "
+                    f"{taken.get(port, 'gateway_stats_port')} on this host",
+                    Fix(text=f"give {prof} a free port in gateway_ports, e.g. {max([*taken, *v['gateway_ports'].values(), 8000]) + 1}"))
+    if not v["vlm_profile"] and roles and not profile_groups:
+        return  # a monitoring or gateway host that serves nothing: the serving rules do not apply
     # -- a host serves one profile
     chosen = sorted(set(profile_groups.values()))
     if len(chosen) > 1:

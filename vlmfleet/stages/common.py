@@ -64,7 +64,14 @@ def host_config() -> tuple[HostConfig | None, list[Problem]]:
     beneath.update({k: v for k, v in {**host.inventory.get_data(), **host.inventory.get_groups_data(host.groups),
                                       **host.inventory.get_host_data(host.name)}.items() if k in override})
     return config.build(host.name, data, sources=data_sources(), ssh_port=ssh_port, profile_groups=profile_groups(),
-                        beneath=beneath)
+                        beneath=beneath, roles=host_roles())
+
+
+def host_roles() -> tuple[str, ...]:
+    """The host's jobs besides serving: its groups among ``monitoring`` and ``gateway`` (vlmfleet.fleet)."""
+    from ..fleet import OPS_GROUPS
+
+    return tuple(g for g in OPS_GROUPS if g in host.groups)
 
 
 # ---- operations ------------------------------------------------------------------------------------------
