@@ -3,6 +3,8 @@
     pyinfra inventories/prod.py deploys/vlm.py            # plan, confirm, apply
     pyinfra inventories/prod.py deploys/vlm.py --dry --diff
     pyinfra inventories/prod.py deploys/vlm.py --limit qwen7b
+    pyinfra inventories/prod.py deploys/monitoring.py    # exporters everywhere, Prometheus on group monitoring
+    pyinfra inventories/prod.py deploys/gateway.py       # HAProxy on group gateway, drain agents on servers
 
 Groups select the model profile (group_data/<group>.py); host data here overrides group data.
 """
@@ -28,3 +30,9 @@ qwen7b = [
 qwen72b_awq = [
     ("gpu-a100-01.example.internal", dict(_ssh)),
 ]
+
+# A small CPU host for the fleet's operations: Prometheus (deploys/monitoring.py) and one address per group
+# (deploys/gateway.py: HAProxy; clients use http://ops-01.example.internal:8000 for qwen7b, :8001 for qwen72b_awq)
+_ops = {k: v for k, v in _ssh.items() if k != "vllm_image_digest"}
+monitoring = [("ops-01.example.internal", dict(_ops))]
+gateway = [("ops-01.example.internal", dict(_ops))]

@@ -558,6 +558,8 @@ class RemotePaths:
     + release_dir: ``/var/lib/vlmfleet/releases/vllm-qwen7b`` (0700) — candidate/, good/, previous/, state.json,
       history.jsonl (vlmfleet-release; docs/operations.md)
     + lock_file: ``/var/lib/vlmfleet/rollout.lock`` — who holds the host's rollout lock, since when
+    + agent_bin / agent_state: ``/opt/vlmfleet/bin/vlmfleet-agent`` answers a gateway's HAProxy with the word in
+      ``/run/vlmfleet/gateway-agent`` (``ready``, or ``drain`` while a rollout restarts the server)
     """
 
     tools_dir: str
@@ -585,6 +587,8 @@ class RemotePaths:
     release_dir: str
     candidate_dir: str
     lock_file: str
+    agent_bin: str
+    agent_state: str
 
 
 #: written by vlmfleet-fetch into the checkpoint folder once every file is verified
@@ -691,6 +695,8 @@ UPLOAD_DIR = f"{STATE_DIR}/upload"
 RELEASES_DIR = f"{STATE_DIR}/releases"
 #: one rollout at a time acts on a host
 ROLLOUT_LOCK = f"{STATE_DIR}/rollout.lock"
+#: what the drain agent tells a gateway (tmpfs: after a reboot it is gone, and the agent says ready)
+AGENT_STATE = "/run/vlmfleet/gateway-agent"
 
 
 def service_files(service: str) -> dict[str, str]:
@@ -709,6 +715,7 @@ def remote_paths(tools_dir: str, model_dir: str, service: str, repo_dir: str) ->
         fetch_bin=f"{tools}/bin/vlmfleet-fetch", health_bin=f"{tools}/bin/vlmfleet-health",
         release_bin=f"{tools}/bin/vlmfleet-release", release_dir=f"{RELEASES_DIR}/{service}",
         candidate_dir=f"{RELEASES_DIR}/{service}/candidate", lock_file=ROLLOUT_LOCK,
+        agent_bin=f"{tools}/bin/vlmfleet-agent", agent_state=AGENT_STATE,
         health_image=f"{tools}/share/health-check.png",
         config_dir=CONFIG_DIR, secrets_dir=SECRETS_DIR, token_file=f"{SECRETS_DIR}/hub-token",
         state_dir=STATE_DIR, health_dir=HEALTH_DIR, unit_name=f"{service}.service",

@@ -53,11 +53,11 @@ def test_down_removes_everything_and_up_comes_back_from_the_cache(lab, lab_cfg):
 
     up = vlmfleet("lab", "up", "--hosts", "3")
     assert up.returncode == 0, up.stderr
-    m = re.search(r"3 hosts up in ([\d.]+)s \(3 booted", up.stdout)
+    m = re.search(r"3 hosts and ops up in ([\d.]+)s \(4 booted", up.stdout)
     assert m, up.stdout
     status = vlmfleet("lab", "status")
     assert status.returncode == 0, status.stdout
-    assert status.stdout.count("systemd running") == 3, status.stdout
+    assert status.stdout.count("systemd running") == 4, status.stdout  # h1-h3 and the operations host
 
 
 def _isolated(tmp_path, **extra):

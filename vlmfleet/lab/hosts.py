@@ -56,22 +56,33 @@ class LabHost:
         return f"vlmlab-{self.name}"
 
 
-def lab_hosts(cfg: LabConfig, count: int) -> list[LabHost]:
+#: the lab's operations host: no GPU, in groups monitoring and gateway (Prometheus, HAProxy); index 0 (.10)
+OPS = "ops"
+
+
+def host_named(cfg: LabConfig, name: str) -> LabHost | None:
+    """The lab host a folder or namespace name stands for (``h3``, ``ops``), None for any other name."""
+    if name == OPS:
+        return LabHost(OPS, 0, cfg.host_ip(0))
+    if name.startswith("h") and name[1:].isdigit():
+        return LabHost(name, int(name[1:]), cfg.host_ip(int(name[1:])))
+    return None
+
+
+def lab_hosts(cfg: LabConfig, count: int, ops: bool = True) -> list[LabHost]:
+    """GPU hosts h1..hN (simulated GPUs) and, with ``ops``, the operations host ``ops`` last."""
     if not 1 <= count <= 200:
         raise LabError(f"--hosts {count}: give between 1 and 200 hosts")
-    return [LabHost(f"h{i}", i, cfg.host_ip(i)) for i in range(1, count + 1)]
+    return [LabHost(f"h{i}", i, cfg.host_ip(i)) for i in range(1, count + 1)] + (
+        [host_named(cfg, OPS)] if ops else [])
 
 
 def existing_hosts(cfg: LabConfig) -> list[LabHost]:
-    """Hosts that have a folder under hosts/ (running or not), by index."""
+    """Hosts that have a folder under hosts/ (running or not): h1..hN by index, then ops."""
     if not cfg.hosts_dir.is_dir():
         return []
-    found = []
-    for d in cfg.hosts_dir.iterdir():
-        if d.name.startswith("h") and d.name[1:].isdigit():
-            i = int(d.name[1:])
-            found.append(LabHost(d.name, i, cfg.host_ip(i)))
-    return sorted(found, key=lambda h: h.index)
+    found = [h for h in (host_named(cfg, d.name) for d in cfg.hosts_dir.iterdir()) if h]
+    return sorted(found, key=lambda h: (h.name == OPS, h.index))
 
 
 def running(cfg: LabConfig, host: LabHost) -> int | None:

@@ -26,12 +26,16 @@ def load(cfg: LabConfig | None = None) -> dict:
 
 
 def groups(data: dict | None = None) -> dict[str, list[tuple[str, dict]]]:
-    """Hosts by profile group (``{"qwen7b": [...], "qwen72b_awq": [...]}``), as `lab up` laid them out."""
+    """Hosts by profile group (``{"qwen7b": [...], "qwen72b_awq": [...]}``), as `lab up` laid them out; the
+    operations host (group ``ops``) is in groups ``monitoring`` and ``gateway``."""
     data = data or load()
     hosts = dict(pyinfra_hosts(data))
     out: dict[str, list[tuple[str, dict]]] = {}
     for h in data["hosts"]:
         out.setdefault(h.get("group", "qwen7b"), []).append((h["name"], hosts[h["name"]]))
+    for h in data.get("ops", []):
+        for g in ("monitoring", "gateway"):
+            out.setdefault(g, []).append((h["name"], hosts[h["name"]]))
     return out
 
 
@@ -48,4 +52,4 @@ def pyinfra_hosts(data: dict | None = None) -> list[tuple[str, dict]]:
         "ssh_strict_host_key_checking": "yes",
         "_sudo": True,
     }
-    return [(h["name"], {"ssh_hostname": h["address"], **common}) for h in data["hosts"]]
+    return [(h["name"], {"ssh_hostname": h["address"], **common}) for h in [*data["hosts"], *data.get("ops", [])]]

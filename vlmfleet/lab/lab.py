@@ -76,7 +76,9 @@ def inventory_data(cfg: LabConfig, hosts: list[LabHost]) -> dict:
     """What inventories/lab.py reads (through vlmfleet.lab.inventory)."""
     return {
         "hosts": [{"name": h.name, "address": h.address, "gpus": layout(h.index).gpus, "group": layout(h.index).group}
-                  for h in hosts],
+                  for h in hosts if h.name != hostmod.OPS],
+        # the operations host (no GPU): Prometheus and the gateway; inventories/lab.py puts it in their groups
+        "ops": [{"name": h.name, "address": h.address} for h in hosts if h.name == hostmod.OPS],
         "ssh_user": cfg.user,
         "ssh_key": str(cfg.ssh_key),
         "known_hosts": str(cfg.known_hosts),
@@ -91,14 +93,15 @@ def inventory_data(cfg: LabConfig, hosts: list[LabHost]) -> dict:
 
 
 # ---- up ----------------------------------------------------------------------------------------------
-def up(cfg: LabConfig, count: int = 3, log: Callable[[str], None] = _log_to_stdout) -> dict:
-    """Bring hosts h1..hN up (running ones are kept), with the network and the helper daemons."""
+def up(cfg: LabConfig, count: int = 3, log: Callable[[str], None] = _log_to_stdout, ops: bool = True) -> dict:
+    """Bring GPU hosts h1..hN and the operations host ``ops`` up (running ones are kept), with the network and
+    the helper daemons."""
     t0 = time.monotonic()
     check_machine()
-    wanted = hostmod.lab_hosts(cfg, count)
+    wanted = hostmod.lab_hosts(cfg, count, ops=ops)
     with locked(cfg):
         # extra hosts from an earlier, larger lab go away
-        extra = [h for h in hostmod.existing_hosts(cfg) if h.index > count]
+        extra = [h for h in hostmod.existing_hosts(cfg) if h not in wanted]
         if extra:
             _remove_hosts(cfg, extra)
         alive = [h for h in wanted if hostmod.running(cfg, h)]
@@ -122,7 +125,8 @@ def up(cfg: LabConfig, count: int = 3, log: Callable[[str], None] = _log_to_stdo
                 hostmod.mount_root(cfg, h, lower)
                 to_boot.append(h)
             known.append(hostmod.write_identity(cfg, h, wanted).replace(" ", f",{h.name} ", 1))
-            hostmod.install_gpu_standin(cfg, h, layout(h.index).gpus)
+            if h.name != hostmod.OPS:  # the ops host has no GPU, and no nvidia-smi
+                hostmod.install_gpu_standin(cfg, h, layout(h.index).gpus)
         cfg.known_hosts.write_text("\n".join(known) + "\n")
         key_file = cfg.run_dir / "api-key"
         if not key_file.exists():  # the lab fleet's API key: exercises the secret path end to end
@@ -140,8 +144,9 @@ def up(cfg: LabConfig, count: int = 3, log: Callable[[str], None] = _log_to_stdo
         data = inventory_data(cfg, wanted)
         cfg.inventory_file.write_text(json.dumps(data, indent=2) + "\n")
     degraded = [n for n, s in states.items() if s != "running"]
+    gpu_hosts = [h for h in wanted if h.name != hostmod.OPS]
     log(
-        f"{len(wanted)} hosts up in {time.monotonic() - t0:.1f}s "
+        f"{len(gpu_hosts)} hosts{' and ops' if ops else ''} up in {time.monotonic() - t0:.1f}s "
         f"({len(to_boot)} booted, {len(alive)} already running): "
         + ", ".join(f"{h.name}={h.address}" for h in wanted)
     )
@@ -169,8 +174,8 @@ def down(cfg: LabConfig, purge: bool = False, log: Callable[[str], None] = _log_
         hosts = hostmod.existing_hosts(cfg)
         names = {h.name for h in hosts}
         for name in network.lab_namespaces():  # namespaces left by a lab whose folders are gone
-            if name not in names and name[1:].isdigit():
-                hosts.append(LabHost(name, int(name[1:]), cfg.host_ip(int(name[1:]))))
+            if name not in names and hostmod.host_named(cfg, name):
+                hosts.append(hostmod.host_named(cfg, name))
         problems = _remove_hosts(cfg, hosts)
         for cg in hostmod.orphan_cgroups():
             hostmod._remove_cgroup(cg)

@@ -112,6 +112,28 @@ def secret_file(src: str, dest: str, mode: str = "600", line_format: str = "{sec
     yield f"chown root:root {shlex.quote(dest)} && chmod {shlex.quote(mode)} {shlex.quote(dest)}"
 
 
+@operation()
+def checked_file(text: str, dest: str, check: str, mode: str = "644"):
+    """Replace ``dest`` with ``text`` only once ``check`` accepts it: the new file is uploaded beside ``dest``,
+    checked there by the host's own tool, then moved into place (a rejected file is removed; ``dest`` stays).
+
+    + text: the file's contents, e.g. ``monitoring.prometheus_config(...)``
+    + dest: e.g. ``/etc/prometheus/prometheus.yml``
+    + check: a command with ``{path}`` for the new file, e.g. ``promtool check config {path}``
+    """
+    body = text.encode()
+    if host.get_fact(Sha256File, path=dest) == hashlib.sha256(body).hexdigest():
+        host.noop(f"{dest} is already current")
+        return
+    new = f"{dest}.vlmfleet-new"
+    checked = check.format(path=shlex.quote(new))
+    yield FileUploadCommand(BytesIO(body), new)
+    yield (f"if ! out=$({checked} 2>&1); then rm -f {shlex.quote(new)}; printf '%s\\n' "
+           f"{shlex.quote(f'{host.name}: {dest} not replaced: `{check.format(path=new)}` rejects the new file:')} "
+           '"$out" >&2; exit 1; fi')
+    yield f"chmod {shlex.quote(mode)} {shlex.quote(new)} && mv -f {shlex.quote(new)} {shlex.quote(dest)}"
+
+
 def bounded(command: str, timeout_s: int, what: str, key: str) -> str:
     """``command`` killed after ``timeout_s`` seconds (SIGTERM, then SIGKILL 30 s later), saying so on stderr.
 

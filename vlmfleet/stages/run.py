@@ -10,7 +10,16 @@ from pyinfra import host
 
 from ..config import BY_KEY, STAGES
 from . import rollout
-from .common import fail_host, host_config
+from .common import fail_host, host_config, host_roles
+
+
+def serves_nothing(cfg) -> bool:
+    """A monitoring or gateway host without a profile: the serving deploys leave it alone, saying so."""
+    if cfg is None or cfg.vlm_profile:
+        return False
+    host.noop(f"{host.name} serves no model (groups {', '.join(host_roles())}): nothing to serve here; "
+              "deploys/monitoring.py and deploys/gateway.py set this host up")
+    return True
 
 
 def run_stages(only: list[str] | None = None) -> None:
@@ -28,6 +37,8 @@ def run_stages(only: list[str] | None = None) -> None:
     from .weights import weights
 
     cfg, problems = host_config()
+    if serves_nothing(cfg):
+        return
     # every command of every stage is bounded (pyinfra's _timeout, a deploy-wide argument): a host that hangs fails
     # alone, naming the operation; the pull, the fetch, apt and the health check set their own, longer bounds
     bound = {"_timeout": cfg.command_timeout_s if cfg else BY_KEY["command_timeout_s"].default}
@@ -94,10 +105,12 @@ def run_rollback() -> None:
     if cfg is None:
         preflight(cfg, problems, **bound)  # names the keys to fix; nothing changes
         return
+    if serves_nothing(cfg):
+        return
     plan_batches, mine = rollout.my_batches(cfg)
     rollout.register(cfg, mine)
     rollout.take_lock(cfg, name="Take the host's rollout lock (one rollout at a time)", **bound)
-    limit = 2 * (cfg.deadline_s + cfg.stop_timeout_s + 120) + 60
+    limit = 2 * (cfg.deadline_s + cfg.stop_timeout_s + 120) + 60 + cfg.gateway_drain_s
     for k in host.loop(range(len(plan_batches))):
         rollout.batch_gate(k, len(plan_batches), tuple(plan_batches[k]), name=f"Begin rollout batch {k + 1}")
         if k == mine:
