@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 # Debian packages the lab and the tests use on this machine (tools, not services: see host-deps)
 HOST_PKGS := debootstrap systemd systemd-container apt-cacher-ng docker-registry iptables iproute2 \
-             openssh-client zstd curl ca-certificates git prometheus
+             openssh-client zstd curl ca-certificates git prometheus haproxy
 
 # the parser tier: real vLLM parsers (0.33.0 installed from PyPI; 0.8.2's wheel read as source)
 VLLM_033 := .cache/vllm-0.33.0
@@ -24,7 +24,7 @@ host-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  if [ -d /run/systemd/system ]; then \
 	    echo "make: the lab runs its own apt-cacher-ng and registry; disabling the system-wide services"; \
-	    systemctl disable --now apt-cacher-ng.service docker-registry.service prometheus.service >/dev/null 2>&1 || true; \
+	    systemctl disable --now apt-cacher-ng.service docker-registry.service prometheus.service haproxy.service >/dev/null 2>&1 || true; \
 	  fi; \
 	fi
 

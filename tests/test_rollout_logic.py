@@ -389,3 +389,33 @@ def test_an_interrupted_swap_of_the_good_release_is_recovered(host_dir):
     (h["root"] / "good").rename(h["root"] / "good.old")  # killed between the two renames
     h["stage"]("B bad")
     assert h["run"]("apply") == 3 and (h["live"] / "u.service").read_text() == "A GOOD"
+
+
+# ---- the drain for the gateways (vlmfleet-agent reads what vlmfleet-release writes) ---------------------------
+def test_apply_drains_the_replica_before_the_restart_and_says_ready_after(host_dir, tmp_path, monkeypatch, capsys):
+    h = host_dir
+    state = tmp_path / "run" / "gateway-agent"
+    seen = []
+    real = release_tool.Host.start_and_check
+
+    def spy(self, meta, deadline):  # what HAProxy's agent check reads while the server restarts
+        seen.append(state.read_text())
+        return real(self, meta, deadline)
+
+    monkeypatch.setattr(release_tool.Host, "start_and_check", spy)
+    drain = ["--agent-state", str(state), "--drain-s", "1"]
+    h["stage"]("A GOOD")
+    assert release_tool.main(["apply", "--dir", str(h["root"]), "--run", "R1", "--who", "t@ctl", *drain]) == 0
+    assert seen == ["drain\n"] and state.read_text() == "ready\n"
+    h["stage"]("B bad")  # a failed release and its rollback: drained throughout, ready at the end
+    assert release_tool.main(["apply", "--dir", str(h["root"]), "--run", "R2", "--who", "t@ctl", *drain]) == 3
+    assert seen == ["drain\n"] * 3 and state.read_text() == "ready\n"
+    err = capsys.readouterr().err
+    assert "draining: gateways send this replica no new requests; restarting in 1s" in err
+
+
+def test_apply_without_a_gateway_writes_no_agent_state(host_dir, tmp_path):
+    h = host_dir
+    h["stage"]("A GOOD")
+    assert h["run"]("apply") == 0
+    assert not (tmp_path / "run").exists()

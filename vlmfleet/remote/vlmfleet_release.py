@@ -363,9 +363,37 @@ def apply(args):
             "still going?) — fix: wait for it; `ps -ef | grep vlmfleet-release` on the host shows it")
         outcome(result="busy", message="another vlmfleet-release is acting on this service")
         return 2
+    adopt_live(h, meta)
+    with drained(args):
+        return _apply(h, meta, args)
+
+
+def drained(args):
+    """While the body runs, the drain agent tells the gateways' HAProxy to send this replica nothing new
+    (``--agent-state``, written ``drain`` then ``ready``); the body starts ``--drain-s`` seconds later, when
+    every gateway has asked the agent (each second) and in-flight requests ran on."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def cm():
+        if not getattr(args, "agent_state", None) or not getattr(args, "drain_s", 0):
+            yield
+            return
+        os.makedirs(os.path.dirname(args.agent_state), mode=0o755, exist_ok=True)
+        write_atomic(args.agent_state, b"drain\n", 0o644)
+        say(f"draining: gateways send this replica no new requests; restarting in {args.drain_s}s")
+        try:
+            time.sleep(args.drain_s)
+            yield
+        finally:
+            write_atomic(args.agent_state, b"ready\n", 0o644)
+            say("ready: gateways send this replica requests again (once /health answers)")
+    return cm()
+
+
+def _apply(h, meta, args):
     ladder = meta.get("ladder", [])
     deadline = int(meta["deadline_s"])
-    adopt_live(h, meta)
     before = h.current()
     entry = {"when": now(), "who": args.who, "run": args.run, "action": "apply", "from": describe(before),
              "to": meta["id"], "tried": []}
@@ -506,7 +534,8 @@ def rollback(args):
         return 5
     entry = {"when": now(), "who": args.who, "run": args.run, "action": "rollback", "from": describe(active),
              "to": describe(back)}
-    return roll_back(h, tmeta, entry, "rollback on demand", target=target, on_demand=True)
+    with drained(args):
+        return roll_back(h, tmeta, entry, "rollback on demand", target=target, on_demand=True)
 
 
 def status(args):
@@ -545,6 +574,8 @@ def main(argv=None):
         if name != "status":
             p.add_argument("--run", required=True)
             p.add_argument("--who", required=True)
+            p.add_argument("--agent-state", help="the drain agent's state file, e.g. /run/vlmfleet/gateway-agent")
+            p.add_argument("--drain-s", type=int, default=0, help="seconds drained before the restart")
         else:
             p.add_argument("--lock")
     args = ap.parse_args(argv)

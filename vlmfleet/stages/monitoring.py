@@ -18,6 +18,7 @@ from pyinfra.operations.util import any_changed
 
 from .. import fleet, monitoring
 from ..config import HostConfig
+from ..facts import DockerImage
 from .common import bounded_apt_update, bounded_shell, checked_file
 
 NODE_EXPORTER_DEFAULTS = "/etc/default/prometheus-node-exporter"
@@ -36,10 +37,10 @@ def node_exporter(cfg: HostConfig) -> None:
     args = files.put(name=f"Listen on port {cfg.node_exporter_port} ({NODE_EXPORTER_DEFAULTS})",
                      dest=NODE_EXPORTER_DEFAULTS, mode="644",
                      src=StringIO(monitoring.node_exporter_defaults(cfg.node_exporter_port)))
-    systemd.service(name="Enable and start the node exporter", service="prometheus-node-exporter.service",
-                    running=True, enabled=True, restarted=False)
     systemd.service(name="Restart the node exporter for its new arguments", service="prometheus-node-exporter.service",
                     restarted=True, _if=any_changed(pkg, args))
+    systemd.service(name="Enable and start the node exporter", service="prometheus-node-exporter.service",
+                    running=True, enabled=True)
 
 
 @deploy("DCGM exporter")
@@ -50,17 +51,20 @@ def dcgm_exporter(cfg: HostConfig) -> None:
         host.noop(f"{host.name} has no GPU runtime (nvidia_runtime = False): the DCGM exporter is not installed "
                   "here (its unit is rendered and checked by tests/test_monitoring.py)")
         return
-    pull = bounded_shell(cfg, "pull_timeout_s", name=f"Pull {cfg.dcgm_exporter_image}",
-                         command=f"docker image inspect {shlex.quote(cfg.dcgm_exporter_image)} >/dev/null 2>&1 || "
-                                 f"docker pull --quiet {shlex.quote(cfg.dcgm_exporter_image)}",
-                         what=f"docker pull {cfg.dcgm_exporter_image}")
+    image = cfg.dcgm_exporter_image
+    if host.get_fact(DockerImage, ref=image):
+        host.noop(f"{image} is already pulled")
+        pull = None
+    else:
+        pull = bounded_shell(cfg, "pull_timeout_s", name=f"Pull {image}",
+                             command=f"docker pull --quiet {shlex.quote(image)}", what=f"docker pull {image}")
     unit = files.put(name=f"Install {DCGM_UNIT}.service", dest=f"/etc/systemd/system/{DCGM_UNIT}.service",
                      mode="644", src=StringIO(monitoring.dcgm_unit(cfg.dcgm_exporter_image,
                                                                    cfg.dcgm_exporter_port, DCGM_UNIT)))
+    systemd.service(name=f"Restart {DCGM_UNIT} for its new unit or image", service=f"{DCGM_UNIT}.service",
+                    restarted=True, daemon_reload=True, _if=any_changed(*(op for op in (unit, pull) if op)))
     systemd.service(name=f"Enable and start {DCGM_UNIT}", service=f"{DCGM_UNIT}.service", running=True,
-                    enabled=True, daemon_reload=unit.did_change, restarted=False)
-    systemd.service(name=f"Restart {DCGM_UNIT} for its new unit", service=f"{DCGM_UNIT}.service",
-                    restarted=True, _if=any_changed(unit, pull))
+                    enabled=True)
 
 
 @deploy("Prometheus")
@@ -83,9 +87,9 @@ def prometheus(cfg: HostConfig, members: list[fleet.Member]) -> None:
     args = files.put(name=f"Listen on port {cfg.prometheus_port}, keep {cfg.prometheus_retention} of samples",
                      dest=PROMETHEUS_DEFAULTS, mode="644",
                      src=StringIO(monitoring.prometheus_defaults(cfg.prometheus_port, cfg.prometheus_retention)))
-    systemd.service(name="Enable and start Prometheus", service="prometheus.service", running=True, enabled=True)
     systemd.service(name="Restart Prometheus for its new arguments", service="prometheus.service", restarted=True,
                     _if=any_changed(pkg, args))
+    systemd.service(name="Enable and start Prometheus", service="prometheus.service", running=True, enabled=True)
     systemd.service(name="Reload Prometheus for its new targets and rules", service="prometheus.service",
                     reloaded=True, _if=lambda: (rules.did_change() or config.did_change())
                     and not (pkg.did_change() or args.did_change()))

@@ -153,14 +153,26 @@ def may_restart(batch: int):
     return check
 
 
+def drain_args(cfg: HostConfig) -> list[str]:
+    """vlmfleet-release's drain arguments when the inventory has a gateway (its HAProxy asks this host's drain
+    agent), e.g. ``["--agent-state", "/run/vlmfleet/gateway-agent", "--drain-s", "5"]``; none otherwise."""
+    from .. import fleet, gateway
+
+    if not cfg.gateway_drain_s or not gateway.has_gateway(fleet.members(host.inventory)):
+        return []
+    return ["--agent-state", cfg.paths.agent_state, "--drain-s", str(cfg.gateway_drain_s)]
+
+
 def apply_release(cfg: HostConfig, batch: int, bound_s: int, action: str = "apply"):
     """The function of the "Roll out the release" operation: ``vlmfleet-release apply`` on the host (restart,
     health check, startup ladder, rollback), its progress logged, its outcome recorded for the gate and the
     summary. Returns False (the host fails, no traceback) when the release did not end healthy."""
     paths = cfg.paths
+    drain = drain_args(cfg)
 
     def apply(state, host):  # noqa: ARG001 (pyinfra passes both when the function names them)
-        cmd = shlex.join([paths.release_bin, action, "--dir", paths.release_dir, "--run", RUN_ID, "--who", WHO])
+        cmd = shlex.join([paths.release_bin, action, "--dir", paths.release_dir, "--run", RUN_ID, "--who", WHO,
+                          *drain])
         try:
             ok, out = host.run_shell_command(StringCommand(cmd), _timeout=bound_s, **sudo_args(host))
         except Exception as exc:  # a timeout, a lost connection: what happened on the host is not known

@@ -12,7 +12,6 @@ running GPU containers: NVIDIA/nvidia-container-toolkit#48).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from io import StringIO
 
@@ -27,7 +26,7 @@ from ..facts import ReleaseStatus, VlmfleetUnits
 from ..ladder import startup_ladder
 from ..paths import PACKAGE_DIR
 from ..planner import Plan
-from ..service import plan_record, release_id, release_manifest, render_unit
+from ..service import plan_record, release_id, release_manifest, release_reasons, render_unit
 from . import rollout
 from .common import secret_file
 from .health import install_health_tool
@@ -121,25 +120,10 @@ def prepare(cfg: HostConfig, plan: Plan, react_to: list) -> Release:
 
     status = host.get_fact(ReleaseStatus, release_bin=paths.release_bin, release_dir=paths.release_dir,
                            lock_file=paths.lock_file, unit_path=paths.unit_path) or {}
-    active = status.get("active") or {}
     logger.info(f"    [{host.name}] last rollout: {describe_record(status.get('last'))}")
-    reasons = []
-    if active.get("id") != rid:
-        reasons.append(f"release {active.get('id') or 'none'} -> {rid}")
-    elif active.get("failed"):
-        reasons.append(f"release {rid} failed last time")
-    elif active.get("env_not_applied"):
-        reasons.append(f"release {rid} with its new env file failed last time (the old one serves)")
-    else:
-        rung = int(active.get("rung") or 0)
-        by_rung = {r.rung: r for r in rungs}
-        want = render_unit(cfg, by_rung[rung].plan) if rung in by_rung else unit_text
-        if rung and rung not in by_rung:
-            reasons.append(f"the ladder no longer has rung {rung}")
-        if status.get("unit_sha256") != hashlib.sha256(want.encode()).hexdigest():
-            reasons.append(f"{paths.unit_path} differs from release {rid}")
+    reasons, record_plan = release_reasons(cfg, plan, status, rungs, unit_text)
+    if record_plan is not None:
         # the plan record follows a planner update without a restart
-        record_plan = by_rung[rung].plan if rung in by_rung else plan
         files.put(name=f"Record the plan in {STATE_DIR}/vllm-<profile>.plan.json (restarts nothing)",
                   src=StringIO(plan_record(cfg, record_plan)), dest=paths.plan_file, mode="644")
     if not (host.get_fact(SystemdStatus) or {}).get(paths.unit_name, False):
@@ -169,7 +153,7 @@ def restart(cfg: HostConfig, release: Release, batch: int) -> list:
     retired = retire_other_units(cfg, _if=when)
     deadline = cfg.deadline_s
     attempts = cfg.startup_ladder_steps + 2  # as planned, each rung, the rollback
-    bound = attempts * (deadline + cfg.stop_timeout_s + 120) + 60
+    bound = attempts * (deadline + cfg.stop_timeout_s + 120) + 60 + cfg.gateway_drain_s
     apply = python.call(name="Roll out the release (restart, health check, ladder, rollback)",
                         function=rollout.apply_release(cfg, batch, bound), _if=when, _timeout=bound + 60)
     logger.info(f"    [{host.name}] rollout batch {batch + 1}: {because}")
