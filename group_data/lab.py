@@ -11,7 +11,7 @@ from vlmfleet.lab.inventory import load as _load_lab
 __all__ = [
     "docker_package", "nvidia_runtime", "image_disk_gb", "weights_disk_gb",
     "docker_insecure_registries", "vllm_image", "hf_endpoint", "modelscope_endpoint", "git_lfs_url",
-    "pip_index_url", "api_key_file", "apt_timeout_s", "grafana_install",
+    "pip_index_url", "api_key_file", "apt_timeout_s", "grafana_install", "scrape_interval_s",
 ]
 
 # Only Debian's mirror is reachable from the lab: the distro's Docker engine.
@@ -24,6 +24,8 @@ apt_timeout_s = 180
 # Grafana's apt repository is not reachable from the lab: its provisioning files are written, Grafana is not
 # installed (the dashboard's queries are checked by promtool and against the lab's Prometheus instead).
 grafana_install = False
+# Scrape often: the lab's tests wait for a stopped server's alert.
+scrape_interval_s = 5
 # The lab's images and weights are small.
 image_disk_gb = 1
 weights_disk_gb = 1.0

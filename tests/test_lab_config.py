@@ -6,14 +6,16 @@ import pytest
 
 from vlmfleet.lab import LabConfig, LabError
 from vlmfleet.lab.hosts import LabHost, lab_hosts
-from vlmfleet.lab.inventory import LabNotUp, load, pyinfra_hosts
+from vlmfleet.lab.inventory import groups, LabNotUp, load, pyinfra_hosts
 from vlmfleet.lab.lab import _ssh_config, inventory_data
 
 
 def test_defaults_lay_out_one_slash24_with_the_bridge_on_dot_one():
     cfg = LabConfig.from_env({})
     assert cfg.gateway == "10.77.0.1"
-    assert [h.address for h in lab_hosts(cfg, 3)] == ["10.77.0.11", "10.77.0.12", "10.77.0.13"]
+    assert [(h.name, h.address) for h in lab_hosts(cfg, 3)] == [
+        ("h1", "10.77.0.11"), ("h2", "10.77.0.12"), ("h3", "10.77.0.13"), ("ops", "10.77.0.10")]
+    assert [h.name for h in lab_hosts(cfg, 2, ops=False)] == ["h1", "h2"]
     assert cfg.apt_proxy == "http://10.77.0.1:3142"
     assert cfg.registry == "10.77.0.1:5000"
     assert cfg.cache_dir == Path("/var/lib/vlmfleet-lab/cache")
@@ -60,8 +62,12 @@ def test_inventory_data_becomes_pyinfra_hosts_with_strict_host_keys_and_sudo():
         (name, {"ssh_hostname": addr, "ssh_user": "fleet", "ssh_key": "/srv/lab/cache/ssh/id_ed25519",
                 "ssh_known_hosts_file": "/srv/lab/run/known_hosts", "ssh_strict_host_key_checking": "yes",
                 "_sudo": True})
-        for name, addr in (("h1", "10.77.0.11"), ("h2", "10.77.0.12"))
+        for name, addr in (("h1", "10.77.0.11"), ("h2", "10.77.0.12"), ("ops", "10.77.0.10"))
     ]
+    # the operations host serves nothing: in groups monitoring and gateway, not in a profile group
+    assert {g: [n for n, _ in hs] for g, hs in groups(data).items()} == {
+        "qwen7b": ["h1", "h2"], "monitoring": ["ops"], "gateway": ["ops"]}
+    assert [h["name"] for h in data["hosts"]] == ["h1", "h2"]
 
 
 def test_inventory_without_a_running_lab_exits_with_the_command_to_run(tmp_path):

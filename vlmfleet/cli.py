@@ -21,7 +21,7 @@ def _lab(args: argparse.Namespace) -> int:
 
     cfg = LabConfig.from_env()
     if args.action == "up":
-        lab.up(cfg, args.hosts)
+        lab.up(cfg, args.hosts, ops=not args.no_ops)
     elif args.action == "down":
         lab.down(cfg, purge=args.purge)
     elif args.action == "status":
@@ -267,6 +267,41 @@ def _plan(args: argparse.Namespace) -> int:
     return 0 if p.verdict == "fits" else 4
 
 
+def _status_data(items: list[str]) -> dict:
+    """``--data KEY=VALUE`` options as pyinfra reads them (``32`` an int, ``true`` a bool, JSON, else text)."""
+    from pyinfra_cli.util import parse_cli_arg
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--data {item!r}: must be KEY=VALUE (e.g. --data vllm_max_num_seqs=32)")
+        out[key.strip()] = parse_cli_arg(value)
+    return out
+
+
+def _status(args: argparse.Namespace) -> int:
+    """``vlmfleet status INVENTORY``: per serving host, unit, release, drift, health, load and GPU memory."""
+    from . import fleet
+    from .status import as_json, exit_status, table
+    from .status_collect import collect_all
+
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout {args.timeout:g}: must be a number of seconds > 0 (e.g. --timeout 20)")
+    try:
+        members = fleet.limit(fleet.load(args.inventory, _status_data(args.data)), args.limit)
+    except fleet.FleetError as exc:
+        raise UsageError(str(exc)) from None
+    serving = [m for m in members if m.serves]
+    if not serving:
+        raise UsageError(f"{args.inventory}: no host that serves a model"
+                         + (f" among --limit {' '.join(args.limit)}" if args.limit else "")
+                         + " (a serving host has a vlm_profile: put it in a profile group)")
+    rows = collect_all(serving, args.timeout, args.tunnel)
+    sys.stdout.write(as_json(rows) if args.json else table(rows))
+    return exit_status(rows)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vlmfleet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -308,7 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     lab_p = sub.add_parser("lab", help="local test hosts (systemd-nspawn) for proving deploys over SSH")
     lab_sub = lab_p.add_subparsers(dest="action", required=True)
     up_p = lab_sub.add_parser("up", help="bring up N hosts (default 3); running hosts are kept")
-    up_p.add_argument("--hosts", type=int, default=3, metavar="N", help="number of hosts (default: 3)")
+    up_p.add_argument("--hosts", type=int, default=3, metavar="N", help="number of GPU hosts (default: 3)")
+    up_p.add_argument("--no-ops", action="store_true", help="without the operations host `ops` (Prometheus, "
+                      "the gateway)")
     lab_sub.add_parser("status", help="show hosts and helper daemons; exit 3 when not fully up")
     down_p = lab_sub.add_parser("down", help="remove hosts, network and daemons (the cache stays)")
     down_p.add_argument("--purge", action="store_true", help="also delete the cached rootfs, packages, registry")
@@ -316,6 +353,25 @@ def build_parser() -> argparse.ArgumentParser:
     ssh_p.add_argument("host")
     ssh_p.add_argument("command", nargs=argparse.REMAINDER)
     lab_p.set_defaults(func=_lab)
+
+    status_p = sub.add_parser(
+        "status", help="per serving host: unit, release, drift, health, requests, KV cache, GPU memory",
+        one_line_errors=True,
+        description="Reads every serving host of INVENTORY over SSH (a few commands) and HTTP (/health, "
+                    "/version, /metrics; through an SSH tunnel when the API port is not reachable). Exit status: "
+                    "0 every host active, healthy and running what its data wants; 1 a host unreachable, its "
+                    "unit not active, or not healthy; 2 bad input (inventory missing, lab not up); 3 every host "
+                    "healthy but one drifted (or its drift could not be told). See docs/status.md.")
+    status_p.add_argument("inventory", metavar="INVENTORY", help="e.g. inventories/prod.py")
+    status_p.add_argument("--json", action="store_true", help="a JSON list of objects instead of the table")
+    status_p.add_argument("--limit", nargs="+", default=[], metavar="NAME", help="hosts or groups to read")
+    status_p.add_argument("--timeout", type=float, default=20.0, metavar="S",
+                          help="seconds for each host (default: 20); hosts are read in parallel")
+    status_p.add_argument("--data", action="append", default=[], metavar="KEY=VALUE",
+                          help="override host data as `pyinfra --data` does: judge drift against it")
+    status_p.add_argument("--tunnel", choices=["auto", "always", "never"], default="auto",
+                          help="HTTP through an SSH tunnel: auto (when the port does not answer), always, never")
+    status_p.set_defaults(func=_status)
     return parser
 
 

@@ -111,7 +111,11 @@ def load(inventory: str, override_data: Mapping[str, Any] | None = None) -> list
 
     from pyinfra.api import Config, State
     from pyinfra.context import ctx_inventory, ctx_state
-    from pyinfra_cli.inventory import make_inventory
+    import warnings
+
+    with warnings.catch_warnings():  # pyinfra's CLI patches the stdlib for gevent on import, as pyinfra itself runs
+        warnings.simplefilter("ignore")
+        from pyinfra_cli.inventory import make_inventory
 
     cwd = os.getcwd()
     if cwd not in sys.path:  # as the pyinfra CLI does: inventories import the project's modules
@@ -130,9 +134,26 @@ def load(inventory: str, override_data: Mapping[str, Any] | None = None) -> list
             return members(inv)
 
 
+def limit(fleet: list[Member], names: Iterable[str]) -> list[Member]:
+    """The members named (by inventory name or group, as pyinfra's ``--limit``), in inventory order; all of them
+    when ``names`` is empty. Raises FleetError naming what matched nothing.
+
+    + names: e.g. ``["h1", "qwen72b_awq"]``
+    """
+    names = list(names)
+    if not names:
+        return list(fleet)
+    unknown = [n for n in names if not any(m.name == n or n in m.groups for m in fleet)]
+    if unknown:
+        known = ", ".join(m.name for m in fleet) or "none"
+        raise FleetError(f"--limit {' '.join(unknown)}: no host or group of that name in the inventory (hosts: "
+                         f"{known})")
+    return [m for m in fleet if m.name in names or any(g in names for g in m.groups)]
+
+
 class FleetError(Exception):
     """A fleet that cannot be described: the message names the file or host and the fix."""
 
 
-__all__ = ["Member", "FleetError", "members", "by_profile", "gateway_port", "load", "MONITORING_GROUP",
+__all__ = ["Member", "FleetError", "members", "by_profile", "gateway_port", "load", "limit", "MONITORING_GROUP",
            "GATEWAY_GROUP", "OPS_GROUPS"]

@@ -396,8 +396,10 @@ def panels(versions: Iterable[str]) -> list[Panel]:
         Panel("GPU utilisation", "percent", (("{{host}} GPU {{gpu}}", f"DCGM_FI_DEV_GPU_UTIL{{{sel}}}"),)),
         Panel("Host CPU busy", "percentunit", (
             ("{{host}}", '1 - avg by (host) (rate(node_cpu_seconds_total{mode="idle", host=~"$host"}[$__rate_interval]))'),)),
-        Panel("Free disk of the root filesystem", "bytes", (
-            ("{{host}}", 'node_filesystem_avail_bytes{mountpoint="/", host=~"$host"}'),)),
+        Panel("Free disk", "bytes", (
+            ("{{host}} {{mountpoint}}", 'node_filesystem_avail_bytes{fstype!~"tmpfs|overlay|squashfs", '
+                                        'host=~"$host"}'),),
+              "where the weights (model_dir) and images (docker_data_root) live"),
         Panel("Gateway: healthy replicas per group", "none", (
             ("{{proxy}}", 'haproxy_backend_active_servers{proxy=~"vlm_.*"}'),)),
     ]

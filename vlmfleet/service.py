@@ -128,6 +128,41 @@ def release_id(unit_text: str) -> str:
     return hashlib.sha256(unit_text.encode()).hexdigest()[:12]
 
 
+def release_reasons(cfg: HostConfig, plan: Plan, status: dict, rungs: list,
+                    unit_text: str | None = None) -> tuple[list[str], Plan | None]:
+    """Why the host's active release is not the one this data wants (empty: it is current), and the plan whose
+    record belongs in ``plan_file`` when it is (None otherwise). The service stage restarts for these reasons;
+    ``vlmfleet status`` calls them drift. A host on a ladder rung of the wanted release, its unit file that
+    rung's, is current. Whether the unit runs is not judged here.
+
+    + plan: the preflight plan, e.g. ``verdict.plan``
+    + status: the ReleaseStatus fact, e.g. ``{"active": {"id": "3f2a9c1b0d4e", "rung": 2}, "unit_sha256": "..."}``;
+      ``{}`` before the first release
+    + rungs: the startup ladder, ``ladder.startup_ladder(plan, cfg.startup_ladder_steps)``
+    + unit_text: ``render_unit(cfg, plan)`` when the caller has it (rendered here otherwise)
+    """
+    unit_text = render_unit(cfg, plan) if unit_text is None else unit_text
+    rid = release_id(unit_text)
+    active = status.get("active") or {}
+    reasons: list[str] = []
+    if active.get("id") != rid:
+        reasons.append(f"release {active.get('id') or 'none'} -> {rid}")
+    elif active.get("failed"):
+        reasons.append(f"release {rid} failed last time")
+    elif active.get("env_not_applied"):
+        reasons.append(f"release {rid} with its new env file failed last time (the old one serves)")
+    else:
+        rung = int(active.get("rung") or 0)
+        by_rung = {r.rung: r for r in rungs}
+        want = render_unit(cfg, by_rung[rung].plan) if rung in by_rung else unit_text
+        if rung and rung not in by_rung:
+            reasons.append(f"the ladder no longer has rung {rung}")
+        if status.get("unit_sha256") != hashlib.sha256(want.encode()).hexdigest():
+            reasons.append(f"{cfg.paths.unit_path} differs from release {rid}")
+        return reasons, by_rung[rung].plan if rung in by_rung else plan
+    return reasons, None
+
+
 def release_manifest(cfg: HostConfig, plan: Plan, unit_text: str, rungs: list) -> str:
     """``<release_dir>/candidate/release.json``: what the release is and where vlmfleet-release installs it.
     No secret: the env file travels beside it (0600), the health check reads the key from its auth file.

@@ -371,7 +371,9 @@ def apply(args):
 def drained(args):
     """While the body runs, the drain agent tells the gateways' HAProxy to send this replica nothing new
     (``--agent-state``, written ``drain`` then ``ready``); the body starts ``--drain-s`` seconds later, when
-    every gateway has asked the agent (each second) and in-flight requests ran on."""
+    every gateway has asked the agent (each second) and in-flight requests ran on, and the apply returns
+    ``--drain-s`` seconds after ``ready``, when the gateways' health checks took the replica back (so the next
+    batch never drains the last replica a gateway has)."""
     import contextlib
 
     @contextlib.contextmanager
@@ -387,7 +389,10 @@ def drained(args):
             yield
         finally:
             write_atomic(args.agent_state, b"ready\n", 0o644)
-            say("ready: gateways send this replica requests again (once /health answers)")
+            # the next batch drains the next replica: first let the gateways see this one healthy again
+            say(f"ready: gateways send this replica requests again once /health answers; waiting {args.drain_s}s "
+                "for them to take it back")
+            time.sleep(args.drain_s)
     return cm()
 
 

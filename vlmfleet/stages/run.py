@@ -110,7 +110,7 @@ def run_rollback() -> None:
     plan_batches, mine = rollout.my_batches(cfg)
     rollout.register(cfg, mine)
     rollout.take_lock(cfg, name="Take the host's rollout lock (one rollout at a time)", **bound)
-    limit = 2 * (cfg.deadline_s + cfg.stop_timeout_s + 120) + 60 + cfg.gateway_drain_s
+    limit = 2 * (cfg.deadline_s + cfg.stop_timeout_s + 120) + 60 + 2 * cfg.gateway_drain_s
     for k in host.loop(range(len(plan_batches))):
         rollout.batch_gate(k, len(plan_batches), tuple(plan_batches[k]), name=f"Begin rollout batch {k + 1}")
         if k == mine:

@@ -153,7 +153,7 @@ def restart(cfg: HostConfig, release: Release, batch: int) -> list:
     retired = retire_other_units(cfg, _if=when)
     deadline = cfg.deadline_s
     attempts = cfg.startup_ladder_steps + 2  # as planned, each rung, the rollback
-    bound = attempts * (deadline + cfg.stop_timeout_s + 120) + 60 + cfg.gateway_drain_s
+    bound = attempts * (deadline + cfg.stop_timeout_s + 120) + 60 + 2 * cfg.gateway_drain_s
     apply = python.call(name="Roll out the release (restart, health check, ladder, rollback)",
                         function=rollout.apply_release(cfg, batch, bound), _if=when, _timeout=bound + 60)
     logger.info(f"    [{host.name}] rollout batch {batch + 1}: {because}")
