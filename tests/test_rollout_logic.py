@@ -403,7 +403,7 @@ def test_apply_drains_the_replica_before_the_restart_and_says_ready_after(host_d
         return real(self, meta, deadline)
 
     monkeypatch.setattr(release_tool.Host, "start_and_check", spy)
-    drain = ["--agent-state", str(state), "--drain-s", "1"]
+    drain = ["--agent-state", str(state), "--drain-s", "1", "--agent-unit", "vlmfleet-agent.service"]
     h["stage"]("A GOOD")
     assert release_tool.main(["apply", "--dir", str(h["root"]), "--run", "R1", "--who", "t@ctl", *drain]) == 0
     assert seen == ["drain\n"] and state.read_text() == "ready\n"
@@ -412,6 +412,20 @@ def test_apply_drains_the_replica_before_the_restart_and_says_ready_after(host_d
     assert seen == ["drain\n"] * 3 and state.read_text() == "ready\n"
     err = capsys.readouterr().err
     assert "draining: gateways send this replica no new requests; restarting in 1s" in err
+
+
+def test_no_drain_where_no_drain_agent_runs(host_dir, tmp_path, capsys):
+    """The inventory has a gateway, but the gateway deploy has not run here yet: nothing asks, nothing to wait for."""
+    h = host_dir
+    h["stage"]("A GOOD")
+    stub = tmp_path / "bin" / "systemctl"
+    stub.write_text(stub.read_text().replace('case "$(basename $0) $1" in',
+                                             'case "$(basename $0) $1" in\n  "systemctl is-active") exit 3;;'))
+    state = tmp_path / "run" / "gateway-agent"
+    assert release_tool.main(["apply", "--dir", str(h["root"]), "--run", "R1", "--who", "t@ctl", "--agent-state",
+                              str(state), "--drain-s", "30", "--agent-unit", "vlmfleet-agent.service"]) == 0
+    assert not state.exists()
+    assert "no drain agent runs here (vlmfleet-agent.service is not active)" in capsys.readouterr().err
 
 
 def test_apply_without_a_gateway_writes_no_agent_state(host_dir, tmp_path):

@@ -381,6 +381,11 @@ def drained(args):
         if not getattr(args, "agent_state", None) or not getattr(args, "drain_s", 0):
             yield
             return
+        unit = getattr(args, "agent_unit", None)
+        if unit and subprocess.run(["systemctl", "is-active", "--quiet", unit]).returncode != 0:
+            say(f"no drain agent runs here ({unit} is not active): no gateway to drain from")
+            yield
+            return
         os.makedirs(os.path.dirname(args.agent_state), mode=0o755, exist_ok=True)
         write_atomic(args.agent_state, b"drain\n", 0o644)
         say(f"draining: gateways send this replica no new requests; restarting in {args.drain_s}s")
@@ -581,6 +586,7 @@ def main(argv=None):
             p.add_argument("--who", required=True)
             p.add_argument("--agent-state", help="the drain agent's state file, e.g. /run/vlmfleet/gateway-agent")
             p.add_argument("--drain-s", type=int, default=0, help="seconds drained before the restart")
+            p.add_argument("--agent-unit", help="drain only while this unit (the agent) is active")
         else:
             p.add_argument("--lock")
     args = ap.parse_args(argv)

@@ -160,7 +160,8 @@ def drain_args(cfg: HostConfig) -> list[str]:
 
     if not cfg.gateway_drain_s or not gateway.has_gateway(fleet.members(host.inventory)):
         return []
-    return ["--agent-state", cfg.paths.agent_state, "--drain-s", str(cfg.gateway_drain_s)]
+    return ["--agent-state", cfg.paths.agent_state, "--drain-s", str(cfg.gateway_drain_s),
+            "--agent-unit", f"{gateway.AGENT_UNIT}.service"]
 
 
 def apply_release(cfg: HostConfig, batch: int, bound_s: int, action: str = "apply"):
