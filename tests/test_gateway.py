@@ -17,6 +17,8 @@ from vlmfleet.config import build
 from vlmfleet.fleet import Member
 from vlmfleet.paths import PACKAGE_DIR
 
+from unitverify import verify, verify_root
+
 HAPROXY = shutil.which("haproxy")
 needs_haproxy = pytest.mark.skipif(HAPROXY is None, reason="haproxy missing: `make deps` installs Debian's haproxy "
                                    "(CI does)")
@@ -72,16 +74,8 @@ def test_haproxy_accepts_the_config_and_rejects_a_broken_one(tmp_path):
 def test_agent_unit_passes_systemd_analyze_verify(tmp_path):
     unit = gw.agent_unit("/opt/vlmfleet/bin/vlmfleet-agent", "/run/vlmfleet/gateway-agent", 9101)
     assert "--port 9101 --state /run/vlmfleet/gateway-agent" in unit and "DynamicUser=yes" in unit
-    root = tmp_path / "root"
-    shutil.copytree("/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
-    (root / "etc/systemd/system").mkdir(parents=True)
-    for program in ("usr/bin/python3", "opt/vlmfleet/bin/vlmfleet-agent"):
-        (root / program).parent.mkdir(parents=True, exist_ok=True)
-        (root / program).write_text("#!/bin/sh\n")
-        (root / program).chmod(0o755)
-    (root / "etc/systemd/system/vlmfleet-agent.service").write_text(unit)
-    proc = subprocess.run(["systemd-analyze", "verify", f"--root={root}", "vlmfleet-agent.service"],
-                          capture_output=True, text=True)
+    root = verify_root(tmp_path, ("usr/bin/python3", "opt/vlmfleet/bin/vlmfleet-agent"), docker=False)
+    proc = verify(root, "vlmfleet-agent.service", unit)
     assert proc.returncode == 0 and proc.stdout + proc.stderr == "", proc.stdout + proc.stderr
 
 

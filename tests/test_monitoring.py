@@ -15,6 +15,8 @@ from vlmfleet import monitoring as mon
 from vlmfleet.catalog import vllm_version, vllm_versions
 from vlmfleet.fleet import Member
 
+from unitverify import verify, verify_root
+
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool missing: `make deps` installs Debian's "
                                     "prometheus package (CI does)")
@@ -208,14 +210,5 @@ def test_dcgm_unit_passes_systemd_analyze_verify(tmp_path):
     unit = mon.dcgm_unit("nvcr.io/nvidia/k8s/dcgm-exporter:4.4.2-4.7.1-ubuntu22.04", 9400)
     assert "--gpus all --cap-add SYS_ADMIN" in unit and "--publish 9400:9400" in unit
     assert unit.startswith("# Managed by vlmfleet (monitoring)")
-    root = tmp_path / "root"
-    shutil.copytree("/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
-    (root / "etc/systemd/system").mkdir(parents=True)
-    (root / "usr/bin").mkdir(parents=True, exist_ok=True)
-    (root / "usr/bin/docker").write_text("#!/bin/sh\n")
-    (root / "usr/bin/docker").chmod(0o755)
-    (root / "etc/systemd/system/docker.service").write_text("[Service]\nExecStart=/usr/bin/docker\n")
-    (root / "etc/systemd/system/vlmfleet-dcgm-exporter.service").write_text(unit)
-    proc = subprocess.run(["systemd-analyze", "verify", f"--root={root}", "vlmfleet-dcgm-exporter.service"],
-                          capture_output=True, text=True)
+    proc = verify(verify_root(tmp_path), "vlmfleet-dcgm-exporter.service", unit)
     assert proc.returncode == 0 and proc.stdout + proc.stderr == "", proc.stdout + proc.stderr

@@ -1,6 +1,5 @@
 """The systemd unit running vLLM in Docker: exact docker arguments, quoting, and systemd-analyze verify."""
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from vlmfleet.profiles import plan_profile
 from vlmfleet.service import docker_run_args, exec_line, plan_record, render_unit, systemd_quote
 
 from cfgs import cfg
+from unitverify import verify_root
 
 V033 = vllm_version("0.33.0")
 
@@ -65,15 +65,7 @@ def test_exec_line_breaks_before_options():
 def _verify_root(tmp_path: Path) -> Path:
     """A root with the machine's systemd units, a docker.service, and the unit's programs as executables:
     /usr/bin/docker and the weights guard's python (the weights stage's virtualenv)."""
-    root = tmp_path / "root"
-    shutil.copytree("/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
-    (root / "etc/systemd/system").mkdir(parents=True)
-    for program in ("usr/bin/docker", "opt/vlmfleet/venv/bin/python"):
-        (root / program).parent.mkdir(parents=True, exist_ok=True)
-        (root / program).write_text("#!/bin/sh\n")
-        (root / program).chmod(0o755)
-    (root / "etc/systemd/system/docker.service").write_text("[Service]\nExecStart=/usr/bin/docker\n")
-    return root
+    return verify_root(tmp_path, ("usr/bin/docker", "opt/vlmfleet/venv/bin/python"))
 
 
 def test_unit_passes_systemd_analyze_verify_without_a_warning(tmp_path, t4_plan):

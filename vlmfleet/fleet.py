@@ -62,10 +62,6 @@ class Member:
         return f"http://{self.address}:{self.api_port}"
 
     @property
-    def monitors(self) -> bool:
-        return MONITORING_GROUP in self.groups
-
-    @property
     def balances(self) -> bool:
         return GATEWAY_GROUP in self.groups
 

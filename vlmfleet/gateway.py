@@ -13,10 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-from jinja2 import Environment, StrictUndefined
-
 from .fleet import Member, by_profile, gateway_port
-from .paths import template
+from .paths import render
 
 MARKER = "Managed by vlmfleet (gateway)"
 CONFIG_FILE = "/etc/haproxy/haproxy.cfg"
@@ -37,10 +35,6 @@ class Backend:
     profile: str
     port: int
     servers: tuple[Server, ...]
-
-    @property
-    def url(self) -> str:
-        return f":{self.port}"
 
 
 class GatewayError(ValueError):
@@ -73,10 +67,8 @@ def haproxy_config(bks: Iterable[Backend], *, stats_port: int, agent_port: int, 
     + agent_port: e.g. 9101: where each replica's vlmfleet-agent answers
     + timeout_s: how long a client or replica may be silent mid-request, e.g. 600
     """
-    env = Environment(undefined=StrictUndefined, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
-    with open(template("gateway/haproxy.cfg.j2")) as fh:
-        return env.from_string(fh.read()).render(marker=MARKER, backends=list(bks), stats_port=stats_port,
-                                                 agent_port=agent_port, timeout_s=timeout_s)
+    return render("gateway/haproxy.cfg.j2", trim=True, marker=MARKER, backends=list(bks), stats_port=stats_port,
+                  agent_port=agent_port, timeout_s=timeout_s)
 
 
 def agent_unit(agent_bin: str, state: str, port: int) -> str:
@@ -85,9 +77,7 @@ def agent_unit(agent_bin: str, state: str, port: int) -> str:
     + agent_bin: e.g. ``/opt/vlmfleet/bin/vlmfleet-agent``
     + state: e.g. ``/run/vlmfleet/gateway-agent``
     """
-    env = Environment(undefined=StrictUndefined, keep_trailing_newline=True)
-    with open(template("gateway/vlmfleet-agent.service.j2")) as fh:
-        return env.from_string(fh.read()).render(marker=MARKER, agent_bin=agent_bin, state=state, port=port)
+    return render("gateway/vlmfleet-agent.service.j2", marker=MARKER, agent_bin=agent_bin, state=state, port=port)
 
 
 def has_gateway(fleet: Iterable[Member]) -> bool:

@@ -501,13 +501,9 @@ def dcgm_unit(image: str, port: int, name: str = "vlmfleet-dcgm-exporter") -> st
 
     + image: e.g. ``nvcr.io/nvidia/k8s/dcgm-exporter:4.4.2-4.7.1-ubuntu22.04``
     """
-    from jinja2 import Environment, StrictUndefined
+    from .paths import render
 
-    from .paths import template
-
-    env = Environment(undefined=StrictUndefined, keep_trailing_newline=True)
-    with open(template("monitoring/dcgm-exporter.service.j2")) as fh:
-        return env.from_string(fh.read()).render(marker=DCGM_MARKER, name=name, port=port, image=image)
+    return render("monitoring/dcgm-exporter.service.j2", marker=DCGM_MARKER, name=name, port=port, image=image)
 
 
 def grafana_repo_line(url: str, key: str) -> str:

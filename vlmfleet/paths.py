@@ -21,3 +21,16 @@ def template(relative: str) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"vlmfleet template {relative} missing from {templates_dir()}")
     return str(path)
+
+
+def render(relative: str, trim: bool = False, **values) -> str:
+    """A packaged Jinja template rendered with ``values`` (a missing value is an error, never an empty string).
+
+    + relative: e.g. ``"gateway/haproxy.cfg.j2"``
+    + trim: drop the newline after a block tag and the indentation before it (templates with loops)
+    """
+    from jinja2 import Environment, StrictUndefined
+
+    env = Environment(undefined=StrictUndefined, keep_trailing_newline=True, trim_blocks=trim, lstrip_blocks=trim)
+    with open(template(relative)) as fh:
+        return env.from_string(fh.read()).render(**values)

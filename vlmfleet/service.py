@@ -17,11 +17,9 @@ import json
 import re
 import shlex
 
-from jinja2 import Environment, StrictUndefined
-
 from .config import UNIT_MARKER, HostConfig
 from .flags import serve_args, serve_env
-from .paths import template
+from .paths import render
 from .planner import Plan
 from .weights import fetch_argv
 
@@ -73,12 +71,10 @@ def exec_line(args: list[str]) -> str:
 
 def render_unit(cfg: HostConfig, plan: Plan) -> str:
     """The unit file: the marker line, the profile, and what systemd runs. No plan numbers (see the module doc)."""
-    env = Environment(undefined=StrictUndefined, keep_trailing_newline=True)
-    with open(template("service/vllm.service.j2")) as fh:
-        tmpl = env.from_string(fh.read())
-    return tmpl.render(
-        marker=UNIT_MARKER, name=cfg.service, plan_file=cfg.paths.plan_file, served_name=cfg.served_name, profile=cfg.vlm_profile,
-        exec_start=exec_line(docker_run_args(cfg, plan)), stop_timeout=cfg.stop_timeout_s,
+    return render(
+        "service/vllm.service.j2", marker=UNIT_MARKER, name=cfg.service, plan_file=cfg.paths.plan_file,
+        served_name=cfg.served_name, profile=cfg.vlm_profile, exec_start=exec_line(docker_run_args(cfg, plan)),
+        stop_timeout=cfg.stop_timeout_s,
         weights_check=" ".join(systemd_quote(a) for a in fetch_argv(cfg, check=True, require=True, verify="size")),
     )
 

@@ -67,6 +67,19 @@ def host_config() -> tuple[HostConfig | None, list[Problem]]:
                         beneath=beneath, roles=host_roles())
 
 
+def config_or_fail() -> tuple[HostConfig | None, dict]:
+    """This host's configuration and the bound of its commands (``{"_timeout": ...}``); when its data has
+    problems, the preflight gate fails the host naming each key and fix (nothing changes) and the configuration
+    is None. For the deploys that run no stages of their own: rollback, monitoring, gateway."""
+    from .preflight import preflight
+
+    cfg, problems = host_config()
+    bound = {"_timeout": cfg.command_timeout_s if cfg else config.BY_KEY["command_timeout_s"].default}
+    if cfg is None:
+        preflight(cfg, problems, **bound)
+    return cfg, bound
+
+
 def host_roles() -> tuple[str, ...]:
     """The host's jobs besides serving: its groups among ``monitoring`` and ``gateway`` (vlmfleet.fleet)."""
     from ..fleet import OPS_GROUPS

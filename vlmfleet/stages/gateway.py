@@ -17,7 +17,7 @@ from pyinfra.operations.util import any_changed
 from .. import fleet, gateway
 from ..config import HostConfig
 from ..paths import PACKAGE_DIR
-from .common import bounded_apt_update, checked_file, fail_host
+from .common import bounded_apt_update, checked_file, config_or_fail, fail_host
 
 
 @deploy("Drain agent")
@@ -56,14 +56,8 @@ def haproxy(cfg: HostConfig, backends: list[gateway.Backend]) -> None:
 
 def run_gateway() -> None:
     """deploys/gateway.py: the drain agent on serving hosts, HAProxy on gateway hosts."""
-    from ..config import BY_KEY
-    from .common import host_config
-    from .preflight import preflight
-
-    cfg, problems = host_config()
-    bound = {"_timeout": cfg.command_timeout_s if cfg else BY_KEY["command_timeout_s"].default}
+    cfg, bound = config_or_fail()
     if cfg is None:
-        preflight(cfg, problems, **bound)  # names the keys to fix; nothing changes
         return
     members = fleet.members(host.inventory)
     if cfg.vlm_profile:

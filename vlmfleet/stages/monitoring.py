@@ -19,7 +19,7 @@ from pyinfra.operations.util import any_changed
 from .. import fleet, monitoring
 from ..config import HostConfig
 from ..facts import DockerImage
-from .common import bounded_apt_update, bounded_shell, checked_file
+from .common import bounded_apt_update, bounded_shell, checked_file, config_or_fail
 
 NODE_EXPORTER_DEFAULTS = "/etc/default/prometheus-node-exporter"
 PROMETHEUS_DEFAULTS = "/etc/default/prometheus"
@@ -132,14 +132,8 @@ def grafana(cfg: HostConfig, members: list[fleet.Member]) -> None:
 
 def run_monitoring() -> None:
     """deploys/monitoring.py: the exporters on every host, Prometheus and Grafana on monitoring hosts."""
-    from .preflight import preflight
-    from .common import host_config
-    from ..config import BY_KEY
-
-    cfg, problems = host_config()
-    bound = {"_timeout": cfg.command_timeout_s if cfg else BY_KEY["command_timeout_s"].default}
+    cfg, bound = config_or_fail()
     if cfg is None:
-        preflight(cfg, problems, **bound)  # names the keys to fix; nothing changes
         return
     members = fleet.members(host.inventory)
     node_exporter(cfg, **bound)

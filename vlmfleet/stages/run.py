@@ -10,7 +10,7 @@ from pyinfra import host
 
 from ..config import BY_KEY, STAGES
 from . import rollout
-from .common import fail_host, host_config, host_roles
+from .common import config_or_fail, fail_host, host_config, host_roles
 
 
 def serves_nothing(cfg) -> bool:
@@ -98,14 +98,8 @@ def run_rollback() -> None:
     same batches and under the same lock as a rollout (``vlmfleet-release rollback``)."""
     from pyinfra.operations import python
 
-    from .preflight import preflight
-
-    cfg, problems = host_config()
-    bound = {"_timeout": cfg.command_timeout_s if cfg else BY_KEY["command_timeout_s"].default}
-    if cfg is None:
-        preflight(cfg, problems, **bound)  # names the keys to fix; nothing changes
-        return
-    if serves_nothing(cfg):
+    cfg, bound = config_or_fail()
+    if cfg is None or serves_nothing(cfg):
         return
     plan_batches, mine = rollout.my_batches(cfg)
     rollout.register(cfg, mine)
