@@ -127,6 +127,16 @@ def test_a_gateway_host_needs_no_profile_but_sound_ports():
         ("gateway_ports", "gives qwen7b port 8404, which is gateway_stats_port on this host")]
 
 
+def test_the_stats_and_agent_ports_must_be_free_on_their_host():
+    assert _problems({"gateway_stats_port": 22}) == [
+        ("gateway_stats_port", "is its SSH port on this host: HAProxy could not bind it")]
+    _, problems = build("h1", {"vlm_profile": "qwen7b", "gateway_agent_port": 8000, "api_allow_unauthenticated": True},
+                        check_files=False)
+    assert [(p.key, p.why, p.fix.set) for p in problems] == [
+        ("gateway_agent_port", "is api_port on this host: the drain agent could not listen",
+         {"gateway_agent_port": 9101})]
+
+
 def test_a_host_in_no_group_still_must_serve_something():
     assert [k for k, _ in _problems({}, roles=())] == ["vlm_profile"]
 

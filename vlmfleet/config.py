@@ -975,7 +975,13 @@ def _cross_checks(v: dict[str, Any], data: Mapping[str, Any], bad, ssh_port: int
             bad("prometheus_port", f"is {taken[v['prometheus_port']]} on this host", Fix({"prometheus_port": 9090
                 if 9090 not in taken else 9091}))
         taken.setdefault(v["prometheus_port"], "prometheus_port")
+    if v["vlm_profile"] and v["gateway_agent_port"] in taken:
+        bad("gateway_agent_port", f"is {taken[v['gateway_agent_port']]} on this host: the drain agent could not "
+            "listen", Fix({"gateway_agent_port": 9101 if 9101 not in taken else 9102}))
     if "gateway" in roles:
+        if v["gateway_stats_port"] in taken:
+            bad("gateway_stats_port", f"is {taken[v['gateway_stats_port']]} on this host: HAProxy could not bind it",
+                Fix({"gateway_stats_port": 8404 if 8404 not in taken else 8405}))
         for prof, port in sorted(v["gateway_ports"].items()):
             if port in taken or port == v["gateway_stats_port"]:
                 bad("gateway_ports", f"gives {prof} port {port}, which is "
