@@ -302,6 +302,19 @@ def _status(args: argparse.Namespace) -> int:
     return exit_status(rows)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    """``vlmfleet bench``: a bounded Locust load test of one host, a group's gateway or the fleet (vlmfleet.bench)."""
+    from .bench.run import BenchError, BenchUsageError, bench
+
+    try:
+        return bench(args)
+    except BenchUsageError as exc:
+        raise UsageError(str(exc)) from None
+    except BenchError as exc:
+        print(f"vlmfleet bench: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vlmfleet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -372,6 +385,18 @@ def build_parser() -> argparse.ArgumentParser:
     status_p.add_argument("--tunnel", choices=["auto", "always", "never"], default="auto",
                           help="HTTP through an SSH tunnel: auto (when the port does not answer), always, never")
     status_p.set_defaults(func=_status)
+
+    from .bench.run import add_arguments as bench_arguments
+
+    bench_p = sub.add_parser(
+        "bench", help="load test: TTFT and latency percentiles, tokens/s and errors as CSV and a PNG plot",
+        one_line_errors=True,
+        description="Streams text and image chat completions (Locust, headless) at one host, a group's gateway or "
+                    "the fleet for a bounded time and request count, then writes requests.csv, summary.csv and "
+                    "plot.png. Exit status: 0 done within --max-error-rate; 1 over it, nothing succeeded, a target "
+                    "that does not answer, or Locust failed; 2 bad input. See docs/bench.md.")
+    bench_arguments(bench_p)
+    bench_p.set_defaults(func=_bench)
     return parser
 
 
