@@ -61,7 +61,7 @@ $(WHEEL_082):
 vllm-parsers: deps $(VLLM_033)/.installed $(WHEEL_082)
 
 test: deps vllm-parsers
-	$(VENV)/bin/pytest -m 'lab or parser or not (lab or parser)'
+	$(VENV)/bin/pytest -m 'lab or parser or not (lab or parser)' --durations=30
 
 test-fast: deps
 	$(VENV)/bin/pytest
