@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 # Debian packages the lab and the tests use on this machine (tools, not services: see host-deps)
-HOST_PKGS := debootstrap systemd systemd-container apt-cacher-ng docker-registry iptables iproute2 \
+HOST_PKGS := debootstrap gpg gpg-agent systemd systemd-container apt-cacher-ng docker-registry iptables iproute2 \
              openssh-client zstd curl ca-certificates git prometheus haproxy
 
 # the parser tier: real vLLM parsers (0.33.0 installed from PyPI; 0.8.2's wheel read as source)

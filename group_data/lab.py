@@ -12,6 +12,7 @@ __all__ = [
     "docker_package", "nvidia_runtime", "image_disk_gb", "weights_disk_gb",
     "docker_insecure_registries", "vllm_image", "hf_endpoint", "modelscope_endpoint", "git_lfs_url",
     "pip_index_url", "api_key_file", "apt_timeout_s", "grafana_install", "scrape_interval_s",
+    "nvidia_cuda_repo_url", "nvidia_cuda_repo_key_url", "nvidia_cuda_repo_key_fingerprint",
 ]
 
 # Only Debian's mirror is reachable from the lab: the distro's Docker engine.
@@ -48,3 +49,8 @@ if _lab:
     pip_index_url = _lab["pypi_url"]
     # A random API key `lab up` writes (0600): the secret path is exercised like production's.
     api_key_file = _lab["api_key_file"]
+    # NVIDIA's CUDA repository stand-in (vlmfleet/lab/standins/nvidia_repo.py), signed by the lab's own key.
+    if _lab.get("nvidia_repo", {}).get("fingerprint"):
+        nvidia_cuda_repo_url = _lab["nvidia_repo"]["url"]
+        nvidia_cuda_repo_key_url = _lab["nvidia_repo"]["key_url"]
+        nvidia_cuda_repo_key_fingerprint = _lab["nvidia_repo"]["fingerprint"]

@@ -1,5 +1,6 @@
 """The lab's settings, connection files and inventory data, by value (no root, no hosts)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ from vlmfleet.lab import LabConfig, LabError
 from vlmfleet.lab.hosts import LabHost, lab_hosts
 from vlmfleet.lab.inventory import groups, LabNotUp, load, pyinfra_hosts
 from vlmfleet.lab.lab import _ssh_config, inventory_data
+from vlmfleet.lab.layout import HostLayout, gpus_json, layout
 
 
 def test_defaults_lay_out_one_slash24_with_the_bridge_on_dot_one():
@@ -73,3 +75,69 @@ def test_inventory_data_becomes_pyinfra_hosts_with_strict_host_keys_and_sudo():
 def test_inventory_without_a_running_lab_exits_with_the_command_to_run(tmp_path):
     with pytest.raises(LabNotUp, match=r"no lab is running .*vlmfleet lab up"):
         load(LabConfig(root=tmp_path))
+
+
+def test_gpu_layout_takes_a_bare_flag_for_hosts_without_a_driver():
+    env = {"VLMFLEET_LAB_GPUS": "h1=8xH100:qwen72b_awq:bare,h2=1xL40S::bare,h3=4xA100-40"}
+    assert layout(1, env) == HostLayout("8xH100", "qwen72b_awq", True)
+    assert layout(2, env) == HostLayout("1xL40S", "qwen7b", True)  # the default group kept
+    assert layout(3, env) == HostLayout("4xA100-40", "qwen72b_awq", False)
+    assert layout(4, {}) == HostLayout("2xA10", "qwen7b", False)
+    with pytest.raises(LabError, match=r"unknown flag 'naked'; known: bare"):
+        layout(1, {"VLMFLEET_LAB_GPUS": "h1=1xA10:qwen7b:naked"})
+    with pytest.raises(LabError, match=r"is not hN=COUNTxKIND\[:group\[:flags\]\]"):
+        layout(1, {"VLMFLEET_LAB_GPUS": "h1=1xA10:qwen7b:bare:x"})
+
+
+@pytest.mark.parametrize("spec, switches, gpu_id", [
+    ("8xH100", 4, "2330"), ("8xH200", 4, "2335"), ("8xA100-40", 6, "20b0"), ("8xA100-80", 6, "20b2"),
+    ("4xA100-40", 0, "20b0"), ("8xL40S", 0, "26b9"), ("2xA10", 0, "2236"), ("1xT4", 0, "1eb8"),
+])
+def test_gpus_json_carries_the_pci_view_and_the_nvswitches(spec, switches, gpu_id):
+    cfg = json.loads(gpus_json(spec))
+    assert cfg["nvswitches"] == switches == sum(d["class"] == "0680" for d in cfg["pci"])
+    gpus = [d for d in cfg["pci"] if d["class"] == "0302"]
+    assert len(gpus) == len(cfg["gpus"]) and {d["device"] for d in gpus} == {gpu_id}
+    # GPU i sits at the bus id the nvidia-smi stand-in reports for it
+    assert gpus[0]["slot"] == "0000:17:00.0" and gpus[-1]["slot"] == f"0000:{0x17 + len(gpus) - 1:02x}:00.0"
+
+
+def test_lab_pci_ids_are_the_catalogs():
+    from vlmfleet.catalog import gpu_kinds
+    from vlmfleet.lab.layout import PCI_DEVICE_IDS, PCI_DEVICE_NAMES
+
+    assert set(PCI_DEVICE_IDS) == set(gpu_kinds())
+    for kind_id, kind in gpu_kinds().items():
+        ids = getattr(kind, "pci_ids", ())
+        assert not ids or PCI_DEVICE_IDS[kind_id] in ids, kind_id
+        assert PCI_DEVICE_IDS[kind_id] in PCI_DEVICE_NAMES
+
+
+def test_a_bare_host_gets_the_pci_view_but_no_nvidia_smi(tmp_path):
+    from vlmfleet.lab.hosts import install_gpu_standin
+
+    cfg = LabConfig(root=tmp_path)
+    bare, ready = LabHost("h1", 1, "10.77.0.11"), LabHost("h2", 2, "10.77.0.12")
+    install_gpu_standin(cfg, bare, "8xH100", bare=True)
+    install_gpu_standin(cfg, ready, "1xL40S")  # h2's layout: not bare
+    for h in (bare, ready):
+        lspci = h.root(cfg) / "usr/local/sbin/lspci"
+        assert lspci.stat().st_mode & 0o755 == 0o755 and b"lspci STAND-IN" in lspci.read_bytes()
+        assert (h.root(cfg) / "etc/vlmfleet-lab/gpus.json").exists()
+    assert not (bare.root(cfg) / "usr/bin/nvidia-smi").exists()
+    assert b"nvidia-smi STAND-IN" in (ready.root(cfg) / "usr/bin/nvidia-smi").read_bytes()
+
+
+def test_nvidia_repo_standin_has_its_port_daemon_and_inventory_entry():
+    from vlmfleet.lab.services import PORT_VARS, daemons
+
+    cfg = LabConfig.from_env({"VLMFLEET_LAB_NVIDIA_REPO_PORT": "8099", "VLMFLEET_LAB_DIR": "/srv/lab"})
+    repo = next(d for d in daemons(cfg) if d.name == "nvidia-repo-standin")
+    assert (repo.port, repo.program, PORT_VARS[repo.name]) == (8099, "http.server", "NVIDIA_REPO")
+    assert len({d.port for d in daemons(LabConfig())}) == len(daemons(LabConfig()))  # one owner per port
+    data = inventory_data(cfg, lab_hosts(cfg, 1))
+    assert data["nvidia_repo"] == {"url": "http://10.77.0.1:8099/compute/cuda/repos/{distro}/{arch}/",
+                                   "key_url": "http://10.77.0.1:8099/compute/cuda/repos/{distro}/{arch}/3bf863cc.pub",
+                                   "fingerprint": None}  # before the first build
+    assert data["hosts"] == [{"name": "h1", "address": "10.77.0.11", "gpus": "2xA10", "group": "qwen7b",
+                              "bare": False}]

@@ -23,8 +23,12 @@ def test_a_fit_host_gets_its_plan():
 
 def test_no_gpu():
     v = run(facts=replace(GOOD, gpu_csv=None))
-    assert v.problems == ["gpu1: no NVIDIA GPU found (nvidia-smi is not installed) — fix: install the NVIDIA "
-                          "driver on the host first; vlmfleet does not install drivers"]
+    assert v.problems == ["gpu1: no NVIDIA driver (nvidia-smi is not installed) — fix: set nvidia_driver_branch = "
+                          "'580' (the driver stage installs it and reboots), or install the NVIDIA driver on the host "
+                          "yourself"]
+    # the branch named is the one the host's image needs
+    v = run({**DATA, "vllm_version": "0.8.2", "vllm_image": "vllm/vllm-openai:v0.8.2"}, replace(GOOD, gpu_csv=None))
+    assert "nvidia_driver_branch = '550'" in v.problems[0]
 
 
 def test_nvidia_smi_failing_says_the_driver_is_not_loaded():
@@ -32,7 +36,8 @@ def test_nvidia_smi_failing_says_the_driver_is_not_loaded():
            "NVIDIA driver is installed and running.")
     v = run(facts=replace(GOOD, gpu_csv=None, gpu_error=msg + "\n"))
     assert v.problems == [f"gpu1: nvidia-smi failed, the NVIDIA driver is not loaded or not working ({msg}) — fix: "
-                          "install or load the driver (reboot after installing it) until `nvidia-smi` lists the GPUs"]
+                          "install or load the driver (reboot after installing it) until `nvidia-smi` lists the GPUs, "
+                          "or set nvidia_driver_branch = '580' (the driver stage installs it and reboots)"]
 
 
 def test_driver_older_than_the_image_needs():
@@ -40,8 +45,8 @@ def test_driver_older_than_the_image_needs():
     assert len(v.problems) == 1
     assert v.problems[0].startswith("gpu1: profile qwen7b on 2xA10")
     assert "driver 550.54.15 is older than 580.65" in v.problems[0]
-    assert v.problems[0].endswith("— fix: upgrade the NVIDIA driver to >= 580.65, or vllm_version = '0.8.2' with "
-                                  "its image")
+    assert v.problems[0].endswith("— fix: upgrade the NVIDIA driver to >= 580.65 (nvidia_driver_branch = '580' "
+                                  "lets the driver stage do it), or vllm_version = '0.8.2' with its image")
     assert run({**DATA, "vllm_version": "0.8.2", "vllm_image": "vllm/vllm-openai:v0.8.2"},
                replace(GOOD, gpu_csv=A10X2.replace("580.95.05", "550.54.15"))).ok
 

@@ -25,7 +25,7 @@ from .catalog import CatalogError, Model, model, profile, profiles, vllm_version
 from .planner import LIMITS
 from .rollout import DEFAULT_BATCHES, batch_problem
 
-STAGES = ("preflight", "base", "weights", "image", "service", "health")
+STAGES = ("preflight", "driver", "base", "weights", "image", "service", "health")
 
 #: data keys pyinfra (or the operator's own deploys) own: never reported as unknown
 FOREIGN = re.compile(r"^(_|ssh_|winrm_|docker_ssh|chroot_|local_)")
@@ -347,6 +347,41 @@ def _daemon_options(v: dict) -> None:
         raise Bad(f"{key!r} {why}", fixed={k: x for k, x in v.items() if k != key})
 
 
+def _driver_branch(v: str) -> None:
+    if not re.fullmatch(r"[1-9]\d{2}", str(v)):
+        raise Bad("must be a driver branch: three digits such as '580'",
+                  fixed=str(v).split(".")[0] if re.fullmatch(r"[1-9]\d{2}(\.\d+)*", str(v)) else None)
+
+
+def _flavour(v: str) -> None:
+    if not re.fullmatch(r"auto|[a-z0-9][a-z0-9.+-]*", v):
+        raise Bad("must be 'auto' or a kernel flavour such as 'generic' or 'aws'", fixed="auto")
+
+
+def _repo_url(v: str) -> None:
+    if v == "auto":
+        return
+    unknown = set(re.findall(r"{([^}]*)}", v)) - {"distro", "arch"}
+    if unknown:
+        raise Bad(f"names {', '.join('{' + u + '}' for u in sorted(unknown))}: only {{distro}} and {{arch}} are "
+                  "filled in")
+    _url(v.replace("{distro}", "debian12").replace("{arch}", "x86_64"))
+
+
+def _fingerprint(v: str) -> None:
+    if v == "auto":
+        return
+    if not re.fullmatch(r"[0-9A-F]{40}", v):
+        compact = re.sub(r"\s", "", v).upper()
+        raise Bad("must be 'auto' or a full OpenPGP fingerprint: 40 hex digits, upper case, no spaces",
+                  fixed=compact if re.fullmatch(r"[0-9A-F]{40}", compact) else "auto")
+
+
+def _auto_or_bool(v: Any) -> None:
+    if v != "auto" and not isinstance(v, bool):
+        raise Bad("must be 'auto', true or false", fixed="auto")
+
+
 # ---- the schema ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Setting:
@@ -484,6 +519,30 @@ SETTINGS: tuple[Setting, ...] = (
             "(--gpus); off only where no GPU exists (the lab)"),
     Setting("nvidia_toolkit_apt_url", "https://nvidia.github.io/libnvidia-container/stable/deb", "str",
             "NVIDIA container toolkit apt repository", check=_url),
+    # -- the NVIDIA driver (the driver stage, docs/driver.md): off unless nvidia_driver_branch is set
+    Setting("nvidia_driver_branch", None, "str?", "NVIDIA driver branch the driver stage installs, pins (apt-mark "
+            "hold) and reboots into, e.g. '580'; unset: the stage changes nothing and preflight needs a working "
+            "driver. At least the image's minimum (0.33 images: 580, the 0.8.2 image: 550)", example="580",
+            check=_driver_branch),
+    Setting("nvidia_driver_modules", "proprietary", "str", "kernel modules of the driver: 'proprietary' or "
+            "'open' (NVIDIA's open GPU kernel modules, Turing and newer)", choices=("proprietary", "open")),
+    Setting("nvidia_kernel_flavour", "auto", "str", "Ubuntu kernel flavour of the precompiled modules "
+            "(linux-modules-nvidia-<branch>-server-<flavour>), e.g. 'generic', 'aws', 'generic-hwe-24.04'; auto: "
+            "from the running kernel and the installed kernel metapackage", check=_flavour),
+    Setting("nvidia_cuda_repo_url", "https://developer.download.nvidia.com/compute/cuda/repos/{distro}/{arch}/",
+            "str", "NVIDIA's CUDA apt repository, the driver's source on Debian ({distro}: debian12, debian13; "
+            "{arch}: x86_64, sbsa); a site mirror can stand in", check=_repo_url),
+    Setting("nvidia_cuda_repo_key_url", "auto", "str", "the CUDA repository's signing key (ASCII armoured); auto: "
+            "the repository's own (3bf863cc.pub; 8793F200.pub on Debian 13, which NVIDIA signs with a new key)",
+            check=_repo_url),
+    Setting("nvidia_cuda_repo_key_fingerprint", "auto", "str", "the pinned fingerprint of that key: a key with any "
+            "other is refused; auto: NVIDIA's (EB693B3035CD5710E231E123A4B469963BF863CC; Debian 13: "
+            "02182E60104FCDC26EAE1B8597A5D4CB8793F200)", check=_fingerprint),
+    Setting("nvidia_fabricmanager", "auto", "any", "install and run NVIDIA's fabric manager of the driver's branch: "
+            "auto (on NVSwitch systems, e.g. HGX H100 8-GPU, found from the PCI devices), true or false",
+            check=_auto_or_bool),
+    Setting("nvidia_reboot_timeout_s", 900, "int", "seconds a reboot into a new driver may take until SSH answers "
+            "again (a bare-metal GPU server's firmware takes minutes)", check=_at_least(60, 7200)),
     # -- the run
     Setting("vlm_stages", list(STAGES), "list", "stages deploys/vlm.py runs, in order (e.g. --data "
             "vlm_stages=preflight,health)", check=_stages),
@@ -743,7 +802,7 @@ def wish_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
 # ---- building --------------------------------------------------------------------------------------------
 def normalize(data: Mapping[str, Any]) -> dict[str, Any]:
     """Accept the command-line forms of ``--data``: ``vlm_stages=image,service`` and ``gpu_devices=0,1`` arrive
-    as strings (``vlm_stages=`` as an empty one)."""
+    as strings (``vlm_stages=`` as an empty one), ``nvidia_driver_branch=580`` as a number."""
     out = dict(data)
     stages = out.get("vlm_stages")
     if isinstance(stages, str):
@@ -755,6 +814,9 @@ def normalize(data: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(batches, str):  # --data rollout_batches=1,25%,100%
         out["rollout_batches"] = [int(x) if x.strip().isdigit() else x.strip() for x in batches.split(",")
                                   if x.strip()]
+    branch = out.get("nvidia_driver_branch")
+    if isinstance(branch, int) and not isinstance(branch, bool):  # --data nvidia_driver_branch=580, or 580 in a file
+        out["nvidia_driver_branch"] = str(branch)
     if isinstance(out.get("gpu_devices"), int) and not isinstance(out.get("gpu_devices"), bool):
         out["gpu_devices"] = [out["gpu_devices"]]
     return out
@@ -1013,6 +1075,11 @@ def _cross_checks(v: dict[str, Any], data: Mapping[str, Any], bad, ssh_port: int
         bad("vllm_image", f"runs vLLM {other}, which vlmfleet has no flag table for (known: "
             f"{', '.join(vllm_versions())})", Fix({"vllm_image": BY_KEY["vllm_image"].default,
                                                    "vllm_version": BY_KEY["vllm_version"].default}))
+    branch = v["nvidia_driver_branch"]
+    needed = version.min_driver.split(".")[0] if version.min_driver else None
+    if branch and needed and int(branch) < int(needed):
+        bad("nvidia_driver_branch", f"'{branch}' is older than vLLM {version.version}'s image needs (driver >= "
+            f"{version.min_driver}, CUDA {version.cuda})", Fix({"nvidia_driver_branch": needed}))
     if "@" in v["vllm_image"] and v["vllm_image_digest"]:
         bad("vllm_image", "carries a digest and vllm_image_digest pins another: pin in one place",
             Fix({"vllm_image": v["vllm_image"].split("@")[0]}))

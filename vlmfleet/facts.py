@@ -161,3 +161,43 @@ class ReleaseStatus(FactBase):
             out = {}
         out["unit_sha256"] = lines[1].strip() if len(lines) > 1 else None
         return out
+
+
+class NvidiaPci(FactBase):
+    """The NVIDIA PCI devices as ``lspci -Dnmm -d 10de:`` prints them (the sysfs loop where pciutils is not
+    installed): GPUs and NVSwitches, with or without a driver; parsed by vlmfleet.driver.parse_pci."""
+
+    def command(self) -> str:
+        from .driver import PCI_QUERY
+
+        return PCI_QUERY
+
+    def process(self, output):
+        return "\n".join(output)
+
+
+class NvidiaDriverState(FactBase):
+    """The driver's state in sections (vlmfleet.driver.STATE_SCRIPT: kernel, packages, holds, nouveau, the loaded
+    module, the persistence and fabric manager units); parsed by vlmfleet.driver.parse_state."""
+
+    def command(self) -> str:
+        from .driver import STATE_SCRIPT
+
+        return STATE_SCRIPT
+
+    def process(self, output):
+        return "\n".join(output)
+
+
+class KeyringFingerprint(FactBase):
+    """The fingerprint of the first key in an apt keyring file (binary or armoured), None when there is none."""
+
+    requires_command = "gpg"
+
+    def command(self, path: str) -> str:
+        p = shlex.quote(path)
+        return (f"[ -f {p} ] && gpg --show-keys --with-colons {p} 2>/dev/null "
+                "| awk -F: '$1 == \"fpr\" {print $10; exit}' || true")
+
+    def process(self, output):
+        return output[0].strip() if output and output[0].strip() else None

@@ -135,6 +135,34 @@ def parse_nvidia_smi(csv_text: str, topo_text: str | None = None, interconnect: 
     return Inventory(tuple(gpus), _interconnect(link, kind, len(gpus)), "nvidia-smi")
 
 
+def parse_pci_gpus(devices, interconnect: str | None = None) -> Inventory:
+    """An Inventory from the PCI bus (``vlmfleet.driver.parse_pci``) of a host whose driver is not there yet: each
+    GPU's kind by its PCI device id (the catalog's ``pci_ids``), with the catalog's memory — nvidia-smi's numbers
+    replace them once the driver answers.
+
+    + devices: e.g. ``(PciDevice("0000:17:00.0", "0302", "2330"), ...)``
+    + interconnect: the host's gpu_interconnect data; else NVSwitches on the bus mean nvlink, else the kind's usual
+    """
+    from .catalog import gpu_kinds
+
+    by_id = {pid: k for k in gpu_kinds().values() for pid in k.pci_ids}
+    gpus = []
+    for i, d in enumerate(sorted((d for d in devices if d.is_gpu), key=lambda d: d.slot)):
+        kind = by_id.get(d.device)
+        if kind is None:
+            raise InventoryError(f"PCI device 10de:{d.device} at {d.slot} is a GPU the catalog has no pci_ids entry "
+                                 "for (vlmfleet/catalog/gpus.yaml); add it there, or install the driver so that "
+                                 "nvidia-smi names it")
+        gpus.append(Gpu(i, kind.id, kind.memory_mib, kind.cc, kind, bus_id=d.slot))
+    if not gpus:
+        raise InventoryError("the PCI bus shows no NVIDIA GPU")
+    kinds = {g.kind.id for g in gpus}
+    if len(kinds) > 1:
+        raise InventoryError(f"mixed GPU kinds on one host ({', '.join(sorted(kinds))})")
+    link = interconnect or ("nvlink" if any(d.is_nvswitch for d in devices) and len(gpus) > 1 else None)
+    return Inventory(tuple(gpus), _interconnect(link, gpus[0].kind, len(gpus)), "PCI bus")
+
+
 def topo_has_nvlink(topo_text: str) -> bool:
     """True when the GPU rows of ``nvidia-smi topo -m`` show NV# links between GPUs."""
     rows = [l for l in topo_text.splitlines() if re.match(r"^\s*GPU\d+\s", l)]

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field, replace
 
 from .catalog import CatalogError, model, profiles, vllm_version
 from .config import DATA_KEY_OF_WISH, HostConfig
-from .gpus import Inventory, InventoryError, parse_nvidia_smi
+from .driver import DriverError, DriverPlan, os_family, parse_pci, parse_state
+from .driver import plan as driver_plan
+from .gpus import Inventory, InventoryError, parse_nvidia_smi, parse_pci_gpus
 from .planner import Plan, corrected_wish
 from .profiles import plan_profile
 
@@ -36,6 +38,8 @@ class HostFacts:
     config_json: dict | None = None  # the verified checkpoint's config.json, when the weights are there
     config_path: str = ""
     addresses: list[str] | None = None  # the host's IP addresses (gathered when api_bind names one)
+    pci_text: str | None = None  # NvidiaPci (gathered when nvidia_driver_branch is set)
+    driver_state: str | None = None  # NvidiaDriverState (gathered when nvidia_driver_branch is set)
 
 
 @dataclass
@@ -46,6 +50,7 @@ class Verdict:
     summary: str = ""
     weights_ready: bool = False  # verified weights of the profile are on the host
     image_present: bool = False  # the image the unit runs is on the host
+    driver: DriverPlan | None = None  # the driver stage's plan, when nvidia_driver_branch is set
 
     @property
     def ok(self) -> bool:
@@ -115,8 +120,9 @@ def _plan_problems(host: str, cfg: HostConfig, inv: Inventory, p: Plan) -> list[
         for e in p.errors:
             key = DATA_KEY_OF_WISH.get(e.key)
             where = f"data key {key!r}{cfg.where(key)}" if key else e.key
-            own = {"driver": f"upgrade the NVIDIA driver to >= {p.version.min_driver}, or vllm_version = '0.8.2' "
-                             "with its image"}.get(e.key)
+            own = {"driver": f"upgrade the NVIDIA driver to >= {p.version.min_driver} (nvidia_driver_branch = "
+                             f"{p.version.min_driver.split('.')[0]!r} lets the driver stage do it), or vllm_version = "
+                             "'0.8.2' with its image"}.get(e.key)
             if own is None and corrected and "as shipped fits" not in fix:
                 own = f"{fix_text(corrected)} (makes it valid; it still does not fit this host: {fix})"
             out.append(f"{head} is invalid: {where}: {e.message} — fix: {own or fix}")
@@ -168,20 +174,44 @@ def check(cfg: HostConfig, facts: HostFacts) -> Verdict:
         v.problems.append(f"{host}: OS {facts.os_id} {facts.os_version} is not supported — fix: use Debian 12/13 "
                           "or Ubuntu 22.04/24.04")
 
+    if cfg.nvidia_driver_branch and os_family(facts.os_id) and not v.problems:
+        try:
+            v.driver = driver_plan(host, cfg.nvidia_driver_branch, os_family(facts.os_id),
+                                   parse_state(facts.driver_state), parse_pci(facts.pci_text), facts.gpu_csv,
+                                   facts.gpu_error, modules=cfg.nvidia_driver_modules,
+                                   flavour=cfg.nvidia_kernel_flavour, os_version=facts.os_version or "",
+                                   fabricmanager=cfg.nvidia_fabricmanager)
+        except DriverError as exc:
+            v.problems.append(str(exc))
+            return v
+    if v.driver and facts.gpu_csv is None:
+        # the driver stage installs (or reboots into) the branch: plan on what the PCI bus shows, with the
+        # catalog's memory sizes; nvidia-smi's numbers replace them on the next run
+        try:
+            inv = parse_pci_gpus(parse_pci(facts.pci_text), cfg.gpu_interconnect)
+        except InventoryError as exc:
+            v.problems.append(f"{host}: GPUs: {exc}")
+            return v
+        return _plan_host(cfg, facts, v, inv)
     if facts.gpu_csv is None:
+        branch = _branch_for(cfg)
         if facts.gpu_error:
             v.problems.append(f"{host}: nvidia-smi failed, the NVIDIA driver is not loaded or not working "
                               f"({facts.gpu_error.strip().splitlines()[0][:200]}) — fix: install or load the "
-                              "driver (reboot after installing it) until `nvidia-smi` lists the GPUs")
+                              "driver (reboot after installing it) until `nvidia-smi` lists the GPUs, or set "
+                              f"nvidia_driver_branch = {branch!r} (the driver stage installs it and reboots)")
         else:
-            v.problems.append(f"{host}: no NVIDIA GPU found (nvidia-smi is not installed) — fix: install the NVIDIA "
-                              "driver on the host first; vlmfleet does not install drivers")
+            v.problems.append(f"{host}: no NVIDIA driver (nvidia-smi is not installed) — fix: set "
+                              f"nvidia_driver_branch = {branch!r} (the driver stage installs it and reboots), or "
+                              "install the NVIDIA driver on the host yourself")
         return v
     try:
         inv = parse_nvidia_smi(facts.gpu_csv, facts.gpu_topo, cfg.gpu_interconnect)
     except InventoryError as exc:
         v.problems.append(f"{host}: GPUs: {exc} — fix: check `nvidia-smi` on the host")
         return v
+    if v.driver and v.driver.reboot:  # the driver it reports is the one the stage replaces
+        inv = replace(inv, gpus=tuple(replace(g, driver=None) for g in inv.gpus))
     try:
         inv = select_gpus(inv, list(cfg.gpu_devices) if cfg.gpu_devices != "all" else "all")
     except InventoryError as exc:
@@ -189,6 +219,17 @@ def check(cfg: HostConfig, facts: HostFacts) -> Verdict:
         v.problems.append(f"{host}: data key 'gpu_devices' = {list(cfg.gpu_devices)!r}{cfg.where('gpu_devices')}: "
                           f"{exc} — fix: gpu_devices = {have!r} (or 'all')")
         return v
+    return _plan_host(cfg, facts, v, inv)
+
+
+def _branch_for(cfg: HostConfig) -> str:
+    """The driver branch the host's image needs, e.g. ``"580"`` for vLLM 0.33 (for messages naming the key)."""
+    return (vllm_version(cfg.vllm_version).min_driver or "580").split(".")[0]
+
+
+def _plan_host(cfg: HostConfig, facts: HostFacts, v: Verdict, inv: Inventory) -> Verdict:
+    """Plan the profile on the host's GPUs, then check its disks; the verdict is complete after this."""
+    host = cfg.host
     v.inventory = inv
 
     try:
@@ -217,4 +258,6 @@ def check(cfg: HostConfig, facts: HostFacts) -> Verdict:
     if v.plan and not v.problems:
         v.summary = (f"{inv.describe()}, {p.model.id} tp {p.tp} on vLLM {p.version.version}: fits, "
                      f"{p.kv_capacity_tokens} KV tokens ({p.concurrency:.1f} x {p.max_model_len})")
+        if v.driver:
+            v.summary += f"; {v.driver.summary()}"
     return v

@@ -199,6 +199,7 @@ class GpuKind:
     fp8_kv: dict[str, str]
     awq_kernel: str
     interconnect: str
+    pci_ids: tuple[str, ...] = ()
 
     @property
     def cc_tuple(self) -> tuple[int, int]:
@@ -211,7 +212,7 @@ def gpu_kinds() -> dict[str, GpuKind]:
     for k, v in _load("gpus.yaml")["gpus"].items():
         out[k] = GpuKind(id=k, match=v["match"], memory_mib=int(v["memory_mib"]), reserved_mib=int(v["reserved_mib"]), cc=str(v["cc"]), bf16=bool(v["bf16"]),
                          fp8_kv={str(a): str(b) for a, b in v["fp8_kv"].items()}, awq_kernel=v["awq_kernel"],
-                         interconnect=v["interconnect"])
+                         interconnect=v["interconnect"], pci_ids=tuple(str(x).lower() for x in v.get("pci_ids") or ()))
     return out
 
 

@@ -21,6 +21,10 @@ HOST_TOOLS = {
     "ssh": "openssh-client",
     "ssh-keygen": "openssh-client",
     "zstd": "zstd",
+    # the NVIDIA CUDA repository stand-in: its packages, their index's signature and its key
+    "dpkg-deb": "dpkg",
+    "gpg": "gpg",
+    "gpg-agent": "gpg-agent",
 }
 
 #: What debootstrap adds to the minbase variant: a Debian 12 server as a cloud image ships it.
@@ -40,6 +44,7 @@ class LabConfig:
     + registry_port: the lab registry's port on the bridge address (VLMFLEET_LAB_REGISTRY_PORT)
     + hub_port: the model hub stand-in's port (VLMFLEET_LAB_HUB_PORT)
     + pypi_port: the Python package mirror's port (VLMFLEET_LAB_PYPI_PORT)
+    + nvidia_repo_port: the NVIDIA CUDA repository stand-in's port (VLMFLEET_LAB_NVIDIA_REPO_PORT)
     + user: the non-root sudo user the hosts accept by key (VLMFLEET_LAB_USER)
     + mirror: the Debian mirror, the only outside address the lab reaches (VLMFLEET_LAB_MIRROR)
     + suite: the Debian release of the hosts (VLMFLEET_LAB_SUITE)
@@ -52,6 +57,7 @@ class LabConfig:
     registry_port: int = 5000
     hub_port: int = 8081
     pypi_port: int = 3141
+    nvidia_repo_port: int = 8082
     user: str = "fleet"
     mirror: str = "http://deb.debian.org/debian"
     suite: str = "bookworm"
@@ -69,6 +75,7 @@ class LabConfig:
                 registry_port=int(env.get("VLMFLEET_LAB_REGISTRY_PORT", d.registry_port)),
                 hub_port=int(env.get("VLMFLEET_LAB_HUB_PORT", d.hub_port)),
                 pypi_port=int(env.get("VLMFLEET_LAB_PYPI_PORT", d.pypi_port)),
+                nvidia_repo_port=int(env.get("VLMFLEET_LAB_NVIDIA_REPO_PORT", d.nvidia_repo_port)),
                 user=env.get("VLMFLEET_LAB_USER", d.user),
                 mirror=env.get("VLMFLEET_LAB_MIRROR", d.mirror),
                 suite=env.get("VLMFLEET_LAB_SUITE", d.suite),
@@ -114,6 +121,11 @@ class LabConfig:
     @property
     def pypi_url(self) -> str:
         return f"http://{self.gateway}:{self.pypi_port}/simple"
+
+    @property
+    def nvidia_repo_url(self) -> str:
+        """NVIDIA's CUDA repository layout on the stand-in; ``{distro}`` and ``{arch}`` are the stage's to fill."""
+        return f"http://{self.gateway}:{self.nvidia_repo_port}/compute/cuda/repos/{{distro}}/{{arch}}/"
 
     # ---- files -----------------------------------------------------------------------------
     @property

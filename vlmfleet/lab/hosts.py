@@ -152,16 +152,33 @@ def write_identity(cfg: LabConfig, host: LabHost, all_hosts: list[LabHost]) -> s
     return f"{host.address} {pub[0]} {pub[1]}"
 
 
-def install_gpu_standin(cfg: LabConfig, host: LabHost, spec: str) -> None:
-    """The simulated GPUs: /etc/vlmfleet-lab/gpus.json and the nvidia-smi stand-in as /usr/bin/nvidia-smi."""
-    from .layout import gpus_json
+def install_gpu_standin(cfg: LabConfig, host: LabHost, spec: str, bare: bool | None = None) -> None:
+    """The simulated GPUs: /etc/vlmfleet-lab/gpus.json, the lspci stand-in as /usr/local/sbin/lspci (the PCI view)
+    and, unless the host is ``bare`` (hardware without a driver: the driver stage's package brings nvidia-smi), the
+    nvidia-smi stand-in as /usr/bin/nvidia-smi. apt reaches the lab's own services on the bridge address (the
+    NVIDIA repository stand-in) directly: apt-cacher-ng, the proxy for everything else, serves only Debian's.
 
+    + bare: None: as the host's layout says (VLMFLEET_LAB_GPUS)
+    """
+    from .layout import gpus_json, layout
+
+    if bare is None:
+        bare = layout(host.index).bare
     root = host.root(cfg)
+    standins = Path(__file__).parent / "standins"
     (root / "etc/vlmfleet-lab").mkdir(parents=True, exist_ok=True)
     (root / "etc/vlmfleet-lab/gpus.json").write_text(gpus_json(spec))
-    smi = root / "usr/bin/nvidia-smi"
-    smi.write_bytes((Path(__file__).parent / "standins" / "nvidia_smi_standin.py").read_bytes())
-    smi.chmod(0o755)
+    programs = {"usr/local/sbin/lspci": "lspci_standin.py"}
+    if not bare:
+        programs["usr/bin/nvidia-smi"] = "nvidia_smi_standin.py"
+    for path, source in programs.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes((standins / source).read_bytes())
+        (root / path).chmod(0o755)
+    (root / "etc/apt/apt.conf.d").mkdir(parents=True, exist_ok=True)
+    (root / "etc/apt/apt.conf.d/02vlmfleet-lab-direct").write_text(
+        f"// vlmfleet lab: the lab's own repositories on the bridge address, not through apt-cacher-ng\n"
+        f'Acquire::http::Proxy::{cfg.gateway} "DIRECT";\n')
 
 
 # ---- boot / stop ---------------------------------------------------------------------------------

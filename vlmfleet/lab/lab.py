@@ -19,6 +19,7 @@ from .errors import LabError
 from .hosts import LabHost
 from .layout import layout
 from .sh import ok, run
+from .standins import nvidia_repo
 
 NSPAWN_RUN = Path("/run/systemd/nspawn")
 BOOT_DEADLINE_S = 90
@@ -75,7 +76,8 @@ def _ssh_config(cfg: LabConfig, hosts: list[LabHost]) -> str:
 def inventory_data(cfg: LabConfig, hosts: list[LabHost]) -> dict:
     """What inventories/lab.py reads (through vlmfleet.lab.inventory)."""
     return {
-        "hosts": [{"name": h.name, "address": h.address, "gpus": layout(h.index).gpus, "group": layout(h.index).group}
+        "hosts": [{"name": h.name, "address": h.address, "gpus": layout(h.index).gpus, "group": layout(h.index).group,
+                   "bare": layout(h.index).bare}
                   for h in hosts if h.name != hostmod.OPS],
         # the operations host (no GPU): Prometheus and the gateway; inventories/lab.py puts it in their groups
         "ops": [{"name": h.name, "address": h.address} for h in hosts if h.name == hostmod.OPS],
@@ -89,6 +91,9 @@ def inventory_data(cfg: LabConfig, hosts: list[LabHost]) -> dict:
         "hub_url": cfg.hub_url,
         "pypi_url": cfg.pypi_url,
         "api_key_file": str(cfg.run_dir / "api-key"),
+        # the NVIDIA CUDA repository stand-in; {distro} and {arch} are the driver stage's to fill in
+        "nvidia_repo": {"url": cfg.nvidia_repo_url, "key_url": cfg.nvidia_repo_url + nvidia_repo.KEY_FILE,
+                        "fingerprint": nvidia_repo.fingerprint(cfg)},
     }
 
 

@@ -1,5 +1,6 @@
-"""Helper daemons on the bridge address: apt-cacher-ng (the hosts' only way to Debian's mirror) and the lab
-registry (Debian's ``docker-registry``). Both keep their data in ``cache/`` so a second lab is fast."""
+"""Helper daemons on the bridge address: apt-cacher-ng (the hosts' only way to Debian's mirror), the lab
+registry (Debian's ``docker-registry``), the hub stand-in, the Python package mirror and the NVIDIA CUDA
+repository stand-in. All keep their data in ``cache/`` so a second lab is fast."""
 
 from __future__ import annotations
 
@@ -36,10 +37,12 @@ def daemons(cfg: LabConfig) -> list[Daemon]:
         Daemon("registry", "docker-registry", cfg.registry_port),
         Daemon("hub-standin", "hub_standin", cfg.hub_port),
         Daemon("pypi-mirror", "http.server", cfg.pypi_port),
+        Daemon("nvidia-repo-standin", "http.server", cfg.nvidia_repo_port),
     ]
 
 
-PORT_VARS = {"apt-cacher-ng": "APT", "registry": "REGISTRY", "hub-standin": "HUB", "pypi-mirror": "PYPI"}
+PORT_VARS = {"apt-cacher-ng": "APT", "registry": "REGISTRY", "hub-standin": "HUB", "pypi-mirror": "PYPI",
+             "nvidia-repo-standin": "NVIDIA_REPO"}
 
 
 def check_ports(cfg: LabConfig) -> None:
@@ -108,11 +111,22 @@ def _pypi_argv(cfg: LabConfig) -> list[str]:
     return [sys.executable, "-m", "http.server", "--bind", cfg.gateway, "--directory", str(root), str(cfg.pypi_port)]
 
 
-def _content_stale(cfg: LabConfig, name: str) -> bool:
-    """True when a daemon's served content (model repositories, package mirror) must be rebuilt."""
-    from . import hub, pypi
+def _nvidia_repo_argv(cfg: LabConfig) -> list[str]:
+    from .standins import nvidia_repo
 
-    return {"hub-standin": hub.stale, "pypi-mirror": pypi.stale}.get(name, lambda _: False)(cfg)
+    root = nvidia_repo.build(cfg)
+    return [sys.executable, "-m", "http.server", "--bind", cfg.gateway, "--directory", str(root),
+            str(cfg.nvidia_repo_port)]
+
+
+def _content_stale(cfg: LabConfig, name: str) -> bool:
+    """True when a daemon's served content (model repositories, package mirror, NVIDIA repository) must be
+    rebuilt."""
+    from . import hub, pypi
+    from .standins import nvidia_repo
+
+    return {"hub-standin": hub.stale, "pypi-mirror": pypi.stale,
+            "nvidia-repo-standin": nvidia_repo.stale}.get(name, lambda _: False)(cfg)
 
 
 def start(cfg: LabConfig) -> None:
@@ -123,7 +137,7 @@ def start(cfg: LabConfig) -> None:
                 continue
             _stop_one(cfg, d)
         argv = {"apt-cacher-ng": _acng_argv, "registry": _registry_argv, "hub-standin": _hub_argv,
-                "pypi-mirror": _pypi_argv}[d.name](cfg)
+                "pypi-mirror": _pypi_argv, "nvidia-repo-standin": _nvidia_repo_argv}[d.name](cfg)
         with d.log_file(cfg).open("w") as log:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True)

@@ -8,7 +8,8 @@ from pyinfra.api import deploy
 from pyinfra.facts.server import LinuxDistribution
 
 from ..config import HostConfig, Problem
-from ..facts import DockerImage, FreeBytes, GpuQuery, GpuTopology, HostAddresses, JsonFile
+from ..facts import (DockerImage, FreeBytes, GpuQuery, GpuTopology, HostAddresses, JsonFile, NvidiaDriverState,
+                     NvidiaPci)
 from ..preflight import HostFacts, Verdict, check
 from .common import DAEMON_JSON, fail_host
 
@@ -26,6 +27,7 @@ def gather_facts(cfg: HostConfig) -> HostFacts:
         config_json = cfg_fact.get("data") if cfg_fact.get("valid") else None
     gpu = host.get_fact(GpuQuery) or {}
     addresses = host.get_fact(HostAddresses) if cfg.binds_one_address else None
+    drives = bool(cfg.nvidia_driver_branch)  # the driver stage's facts: only when it is on
     return HostFacts(
         os_id=(meta.get("ID") or str(dist.get("name") or "")).lower() or None,
         os_version=meta.get("VERSION_ID"),
@@ -40,13 +42,15 @@ def gather_facts(cfg: HostConfig) -> HostFacts:
         config_json=config_json,
         config_path=f"{host.name}:{paths.config_json}",
         addresses=addresses,
+        pci_text=host.get_fact(NvidiaPci) if drives else None,
+        driver_state=host.get_fact(NvidiaDriverState) if drives else None,
     )
 
 
 @deploy("Preflight")
 def preflight(cfg: HostConfig | None, problems: list[Problem]) -> Verdict:
     """Check the data (``problems`` from building the configuration), then gather facts (OS, GPUs from nvidia-smi,
-    driver, free disk, daemon.json), plan the profile on them, and fail the host with one line per problem when
+    driver, free disk, daemon.json; with ``nvidia_driver_branch`` the PCI bus and the driver's packages), plan the profile on them, and fail the host with one line per problem when
     anything does not fit. Makes no change; returns the verdict (its plan when the host is fit).
 
     + cfg: the host's configuration, None when its data has problems

@@ -218,6 +218,14 @@ def apply_release(cfg: HostConfig, batch: int, bound_s: int, action: str = "appl
     return apply
 
 
+def record(state: str, detail: str, batch: int):
+    """The function of a python.call that records this host's outcome (the gate of later batches and the summary
+    read it), e.g. ``record(ro.FAILED, "rebooted into driver 580; not back", 0)`` before a reboot."""
+    def set_outcome() -> None:
+        RUN.set(host.name, ro.Outcome(state, detail, batch))
+    return set_outcome
+
+
 def reached() -> bool:
     """False for a host the rollout stopped before: it serves its old release, which later stages (the health
     check with the new settings) must not judge."""

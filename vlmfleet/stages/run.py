@@ -30,6 +30,7 @@ def run_stages(only: list[str] | None = None) -> None:
     from pyinfra.facts.systemd import SystemdStatus
 
     from .base import base, restart_docker
+    from .driver import driver, reboot_into_driver
     from .health import health
     from .image import image
     from .preflight import preflight
@@ -57,6 +58,10 @@ def run_stages(only: list[str] | None = None) -> None:
     # image pull (which may need the new daemon.json: a mirror, a registry); elsewhere it happens here
     serving = "service" in wanted and bool((host.get_fact(SystemdStatus) or {}).get(cfg.paths.unit_name))
     daemon: list = []
+    # the driver before everything else; its reboot waits for the host's batch (a reboot stops the server)
+    rebooting = "driver" in wanted and verdict.driver is not None and bool(verdict.driver.reboot)
+    if "driver" in wanted:
+        driver(cfg, verdict.driver, **bound)
     if "base" in wanted:
         if serving:
             daemon = base(cfg, hold_restart=True, **bound)
@@ -76,12 +81,14 @@ def run_stages(only: list[str] | None = None) -> None:
             f"host (stages run: {', '.join(s for s in STAGES if s in wanted)}) — fix: run deploys/vlm.py first (or "
             "add the weights and image stages to vlm_stages)"], **bound)
         return
-    if "service" in wanted:
-        release = prepare(cfg, verdict.plan, restart_for + daemon, **bound)
+    if "service" in wanted or rebooting:
+        release = prepare(cfg, verdict.plan, restart_for + daemon, **bound) if "service" in wanted else None
         # the restarts, batch by batch: see vlmfleet/stages/rollout.py for how the order is built
         for k in host.loop(range(len(plan_batches))):
             rollout.batch_gate(k, len(plan_batches), tuple(plan_batches[k]), name=f"Begin rollout batch {k + 1}")
-            if k == mine:
+            if k == mine and rebooting:
+                started += reboot_into_driver(cfg, verdict.driver, k, _if=[rollout.may_restart(k)], **bound)
+            if k == mine and release is not None:
                 if daemon:
                     gate = [rollout.may_restart(k)]
                     release.react_to.append(restart_docker(daemon[0], _if=gate, **bound))

@@ -1,0 +1,378 @@
+"""The driver stage's logic (vlmfleet.driver), by value: the PCI bus and the state script parsed, the decision per
+case (fresh box, right driver, pending reboot, branch change, a driver apt did not install, NVSwitch, nouveau),
+the exact commands, and the commands really run where they can be here (the pinned key with gpg, the check
+after the reboot against a stand-in nvidia-smi). The lab tier (tests/lab/test_driver_stage.py) runs the stage
+on hosts that reboot; the H200 fixture is a real --dry run of it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from vlmfleet import driver as drv
+from vlmfleet.config import build, config_for
+from vlmfleet.gpus import parse_pci_gpus
+from vlmfleet.preflight import HostFacts, check
+
+H200 = Path(__file__).parent / "fixtures" / "gpu" / "h200-device"
+
+HGX_H100 = "\n".join([f'0000:{b:02x}:00.0 "0302" "10de" "2330" -ra1 "10de" "16c1"' for b in (0x18, 0x2a, 0x3a, 0x5d,
+                                                                                      0x9a, 0xab, 0xba, 0xdb)]
+                     + [f'0000:{b:02x}:00.0 "0680" "10de" "22a3" -ra1 "10de" "1796"' for b in (5, 6, 7, 8)])
+A10X2 = '0000:17:00.0 "0302" "10de" "2236" -ra1 "10de" "1482"\n0000:65:00.0 "0302" "10de" "2236" -ra1 "10de" "1482"'
+FRESH = drv.DriverState(kernel="6.8.0-45-generic", packages={"linux-image-generic": "6.8.0-45.45"})
+SMI_A10 = "0, NVIDIA A10, 23028, 8.6, 580.95.05, 00000000:17:00.0\n1, NVIDIA A10, 23028, 8.6, 580.95.05, 00000000:65:00.0"
+UBUNTU_580 = {"nvidia-utils-580-server": "580.95.05-0ubuntu0.24.04.2", "nvidia-headless-no-dkms-580-server":
+              "580.95.05-0ubuntu0.24.04.2", "linux-modules-nvidia-580-server-generic": "6.8.0-45.45+1",
+              "libnvidia-compute-580-server": "580.95.05-0ubuntu0.24.04.2"}
+
+
+def plan(state=FRESH, pci=A10X2, csv=None, error=None, family="ubuntu", branch="580", **kw):
+    return drv.plan("h1", branch, family, state, drv.parse_pci(pci), csv, error, os_version="24.04", **kw)
+
+
+# ---- the facts ---------------------------------------------------------------------------------------------------
+def test_lspci_and_the_sysfs_loop_parse_alike():
+    devs = drv.parse_pci(HGX_H100 + '\n0000:18:00.1 "0403" "10de" "22a5"\n0000:00:1f.0 "0601" "8086" "a1c8"')
+    assert sum(d.is_gpu for d in devs) == 8 and sum(d.is_nvswitch for d in devs) == 4
+    assert devs[0] == drv.PciDevice("0000:18:00.0", "0302", "2330")
+    assert len(devs) == 13  # the audio function is kept, the Intel bridge is not NVIDIA's
+    # the real H200's sysfs loop (no pciutils there): the same columns
+    assert drv.parse_pci((H200 / "pci.txt").read_text()) == (drv.PciDevice("0000:00:06.0", "0302", "2335"),)
+
+
+def test_the_sysfs_loop_prints_what_lspci_would(tmp_path):
+    """PCI_QUERY without lspci reads sysfs; run it against a fake sysfs tree."""
+    dev = tmp_path / "0000:17:00.0"
+    dev.mkdir()
+    (dev / "vendor").write_text("0x10de\n")
+    (dev / "class").write_text("0x030200\n")
+    (dev / "device").write_text("0x2236\n")
+    other = tmp_path / "0000:00:1f.0"
+    other.mkdir()
+    (other / "vendor").write_text("0x8086\n")
+    script = drv.PCI_QUERY.replace("/sys/bus/pci/devices", str(tmp_path)).replace("command -v lspci", "false")
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out == '0000:17:00.0 "0302" "10de" "2236"\n'
+    assert drv.parse_pci(out) == (drv.PciDevice("0000:17:00.0", "0302", "2236"),)
+
+
+def test_the_state_of_the_real_h200():
+    s = drv.parse_state((H200 / "driver-state.txt").read_text())
+    assert s.kernel == "6.18.44-fc-v973-gpu" and s.arch == "x86_64"
+    assert s.packages == {} and "libnccl2" in s.held
+    assert s.proc_version == "580.159.04"  # the open module's line: "... Open Kernel Module for x86_64  580.159.04"
+    assert s.persistence_mode == "Enabled" and not s.persistenced_ours
+    assert not (s.nouveau_loaded or s.nouveau_module or s.nouveau_blacklisted)
+
+
+def test_the_state_script_sections_of_an_ubuntu_box():
+    text = ("== kernel\n6.8.0-45-generic\n== arch\nx86_64\n== packages\nnvidia-utils-580-server 580.95.05-0ubuntu1\n"
+            "linux-image-generic-hwe-24.04 6.8.0-45.45\n== held\nnvidia-utils-580-server\n== nouveau\nloaded 1\n"
+            "module /lib/modules/6.8.0-45-generic/kernel/drivers/gpu/drm/nouveau/nouveau.ko.zst\nblacklisted \n"
+            "== persistence\nmode \nunit \n== loaded\nNVRM version: NVIDIA UNIX x86_64 Kernel Module  580.95.05  Tue "
+            "Jul 15 2025\n== units\nnvidia-persistenced enabled active\nnvidia-fabricmanager missing \n")
+    s = drv.parse_state(text)
+    assert s.packages == {"nvidia-utils-580-server": "580.95.05-0ubuntu1", "linux-image-generic-hwe-24.04": "6.8.0-45.45"}
+    assert s.held == {"nvidia-utils-580-server"} and s.nouveau_loaded and s.nouveau_module
+    assert s.proc_version == "580.95.05" and s.persistence_mode is None
+    assert s.units == {"nvidia-persistenced": ("enabled", "active"), "nvidia-fabricmanager": ("missing", "")}
+    assert drv.kernel_flavour(s.kernel, s.packages, "24.04") == "generic-hwe-24.04"
+    assert drv.kernel_flavour("6.8.0-1015-aws", {}, "24.04") == "aws"
+    assert drv.kernel_flavour("6.8.0-1015-aws", {}, "24.04", wanted="generic") == "generic"
+
+
+def test_versions():
+    assert drv.upstream("580.95.05-0ubuntu0.24.04.2") == "580.95.05" and drv.upstream("1:580.95.05-1") == "580.95.05"
+    assert drv.installed_version({"nvidia-utils-580-server": "580.82.07-0ubuntu1", "nvidia-driver-cuda": "580.95.05-1",
+                                  "nvidia-container-toolkit": "1.17.8-1"}, "580") == "580.95.05"
+    assert drv.installed_version({"nvidia-utils-570-server": "570.172.08-0ubuntu1"}, "580") is None
+    assert drv.smi_version(SMI_A10) == "580.95.05" and drv.smi_version(None) is None
+
+
+# ---- the decision ------------------------------------------------------------------------------------------------
+def test_a_fresh_ubuntu_box_installs_precompiled_modules_holds_and_reboots():
+    p = plan()
+    assert p.install == drv.install_command(drv.packages_for("ubuntu", "580", "proprietary", "generic"))
+    assert p.hold and p.reboot == "no NVIDIA kernel module is loaded" and p.apt_managed
+    assert p.gpus == 2 and p.nvswitches == 0 and not p.fabricmanager
+    assert p.summary() == ("will install driver branch 580 (nvidia-headless-no-dkms-580-server, nvidia-utils-580-server "
+                           "from Ubuntu's archive), then reboot (no NVIDIA kernel module is loaded)")
+
+
+def test_a_fresh_debian_box_takes_the_cuda_repository():
+    p = plan(family="debian")
+    assert p.packages.driver == ("cuda-drivers-580",) and p.packages.source == "NVIDIA's CUDA repository"
+    assert p.reboot and p.hold
+    assert plan(family="debian").packages.pin == "nvidia-driver-pinning-580"  # the versioned meta alone is no pin
+    assert plan(family="debian", branch="590").packages.driver == ("cuda-drivers",)
+    assert plan(family="debian", modules="open").packages.driver == ("nvidia-open-580",)
+
+
+def test_the_right_driver_loaded_and_held_changes_nothing():
+    state = replace(FRESH, packages={**FRESH.packages, **UBUNTU_580}, held=frozenset(UBUNTU_580),
+                    persistenced_ours=True)
+    p = plan(state=state, csv=SMI_A10)
+    assert not p.changes and p.install is None and p.reboot is None and not p.hold
+    assert p.installed == p.loaded == "580.95.05"
+    assert p.summary() == "driver 580.95.05 (branch 580) is loaded"
+    # an unheld package is held, without a reboot
+    p = plan(state=replace(state, held=frozenset()), csv=SMI_A10)
+    assert p.hold and not p.reboot and not p.install
+
+
+def test_installed_but_not_loaded_reboots_without_installing():
+    state = replace(FRESH, packages=UBUNTU_580, held=frozenset(UBUNTU_580))
+    p = plan(state=state, error="NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.")
+    assert p.install is None and p.reboot == "the installed driver 580.95.05 is not loaded"
+    p = plan(state=state, error="Failed to initialize NVML: Driver/library version mismatch\nNVML library version: 580.95")
+    assert p.reboot.startswith("the loaded module is not the installed 580.95.05")
+    p = plan(state=state, csv=SMI_A10.replace("580.95.05", "580.82.07"))
+    assert p.reboot == "the loaded module is 580.82.07, the installed driver 580.95.05"
+
+
+def test_a_branch_change_installs_and_reboots():
+    old = {k.replace("580", "570"): v.replace("580.95.05", "570.172.08") for k, v in UBUNTU_580.items()}
+    p = plan(state=replace(FRESH, packages=old, held=frozenset(old)), csv=SMI_A10.replace("580.95.05", "570.172.08"))
+    assert p.install.startswith("apt-mark unhold libnvidia-compute-570-server linux-modules-nvidia-570-server-generic "
+                                "nvidia-headless-no-dkms-570-server nvidia-utils-570-server >/dev/null && ")
+    assert p.reboot == "the loaded module is 570.172.08, not branch 580"
+
+
+def test_a_driver_apt_did_not_install_is_left_alone():
+    """The lent H200: driver 580.159.04 loaded, no driver package (installed outside apt)."""
+    s = drv.parse_state((H200 / "driver-state.txt").read_text())
+    smi = (H200 / "nvidia-smi-query.csv").read_text()
+    p = drv.plan("@local", "580", "ubuntu", s, drv.parse_pci((H200 / "pci.txt").read_text()), smi, None,
+                 os_version="24.04")
+    assert not p.apt_managed and not p.changes
+    assert p.notes == ["driver 580.159.04 (branch 580) is loaded and no driver package is installed: it came from "
+                       "elsewhere (NVIDIA's .run installer?); left alone — apt must not install over it"]
+    # another branch asked for: apt installs it (and reboots), it cannot be left alone
+    assert drv.plan("@local", "590", "ubuntu", s, drv.parse_pci((H200 / "pci.txt").read_text()), smi, None).reboot
+
+
+def test_nvswitch_systems_get_the_fabric_manager():
+    p = plan(pci=HGX_H100)
+    assert p.fabricmanager and p.nvswitches == 4 and p.gpus == 8
+    assert "nvidia-fabricmanager-580 libnvidia-nscq-580" in p.install
+    assert p.summary().endswith(", fabric manager for 4 NVSwitches, then reboot (no NVIDIA kernel module is loaded)")
+    assert not plan(pci=HGX_H100, fabricmanager=False).fabricmanager
+    assert plan(pci=A10X2, fabricmanager=True).fabricmanager
+    # the driver is there, the fabric manager is not: only it is installed, no reboot
+    state = replace(FRESH, packages=UBUNTU_580, held=frozenset(UBUNTU_580))
+    p = plan(state=state, pci=HGX_H100, csv=SMI_A10)
+    assert p.install.endswith("--force-confold nvidia-fabricmanager-580 libnvidia-nscq-580") and not p.reboot
+
+
+def test_nouveau_is_blacklisted_where_it_exists_and_reboots_when_loaded():
+    state = replace(FRESH, packages=UBUNTU_580, held=frozenset(UBUNTU_580), nouveau_module=True)
+    assert plan(state=state, csv=SMI_A10).blacklist_nouveau and not plan(state=state, csv=SMI_A10).reboot
+    assert not plan(state=replace(state, nouveau_blacklisted="/lib/modprobe.d/nvidia-blacklist.conf"),
+                    csv=SMI_A10).blacklist_nouveau
+    assert plan(state=replace(state, nouveau_blacklisted=drv.NOUVEAU_CONF), csv=SMI_A10).blacklist_nouveau
+    assert plan(state=replace(state, nouveau_loaded=True), csv=SMI_A10).reboot == "nouveau holds the GPUs"
+    assert not plan().blacklist_nouveau  # no nouveau module in that kernel
+
+
+def test_no_gpu_on_the_bus_is_one_line():
+    with pytest.raises(drv.DriverError, match=r"^h1: the PCI bus shows no NVIDIA GPU .* — fix: .*unset nvidia_driver_branch"):
+        plan(pci="")
+
+
+# ---- the commands --------------------------------------------------------------------------------------------
+def test_the_ubuntu_install_command_exactly():
+    cmd = drv.install_command(drv.packages_for("ubuntu", "580", "open", "generic"))
+    apt = ("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends --allow-change-held-packages "
+           "-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold")
+    assert cmd == (
+        "k=$(uname -r); if apt-cache show --no-all-versions linux-modules-nvidia-580-server-open-\"$k\" 2>/dev/null | "
+        f"grep -q '^Package:'; then {apt} nvidia-headless-no-dkms-580-server-open nvidia-utils-580-server "
+        "linux-modules-nvidia-580-server-open-generic linux-modules-nvidia-580-server-open-\"$k\"; else echo "
+        "\"vlmfleet: the archive has no precompiled NVIDIA module for kernel $k: building it with DKMS "
+        f"(nvidia-dkms-580-server-open)\" >&2; {apt} nvidia-headless-no-dkms-580-server-open nvidia-utils-580-server "
+        "nvidia-dkms-580-server-open linux-headers-\"$k\"; fi")
+
+
+def test_the_install_command_picks_precompiled_or_dkms_on_the_host(tmp_path):
+    """Run the Ubuntu command with apt-cache / apt-get / uname stand-ins: the per-kernel module package decides."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    log = tmp_path / "log"
+    (bin_ / "uname").write_text("#!/bin/sh\necho 6.8.0-45-generic\n")
+    (bin_ / "apt-get").write_text(f"#!/bin/sh\necho \"$@\" >> {log}\n")
+    for name in ("uname", "apt-get"):
+        (bin_ / name).chmod(0o755)
+    cmd = drv.install_command(drv.packages_for("ubuntu", "580", "proprietary", "generic"))
+    for has, want in ((True, "linux-modules-nvidia-580-server-6.8.0-45-generic"), (False, "nvidia-dkms-580-server")):
+        (bin_ / "apt-cache").write_text("#!/bin/sh\n" + ("echo 'Package: x'\n" if has else "exit 100\n"))
+        (bin_ / "apt-cache").chmod(0o755)
+        log.write_text("")
+        r = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True,
+                           env={**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}"})
+        assert r.returncode == 0, r.stderr
+        assert want in log.read_text() and ("DKMS" in r.stderr) is (not has)
+        assert ("linux-headers-6.8.0-45-generic" in log.read_text()) is (not has)
+
+
+def _gpg_key(home: Path) -> tuple[Path, str]:
+    env = {**os.environ, "GNUPGHOME": str(home)}
+    home.mkdir(mode=0o700)
+    subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", "test <t@example.invalid>", "ed25519",
+                    "sign", "never"], env=env, check=True, capture_output=True)
+    pub = home / "key.pub"
+    pub.write_text(subprocess.run(["gpg", "--armor", "--export"], env=env, check=True, capture_output=True,
+                                  text=True).stdout)
+    out = subprocess.run(["gpg", "--show-keys", "--with-colons", str(pub)], env=env, check=True, capture_output=True,
+                         text=True).stdout
+    return pub, next(line.split(":")[9] for line in out.splitlines() if line.startswith("fpr"))
+
+
+def test_the_repository_key_is_refused_unless_its_fingerprint_is_pinned(tmp_path):
+    pub, fpr = _gpg_key(tmp_path / "gnupg")
+    keyring = tmp_path / "keyring.gpg"
+    env = {**os.environ, "GNUPGHOME": str(tmp_path / "gnupg")}
+    ok = subprocess.run(["sh", "-c", drv.key_command(f"file://{pub}", fpr, str(keyring))], env=env,
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert keyring.read_bytes()[:1] != b"-"  # dearmoured: apt's signed-by takes the binary keyring
+    keyring.unlink()
+    wrong = "EB693B3035CD5710E231E123A4B469963BF863CC"
+    bad = subprocess.run(["sh", "-c", drv.key_command(f"file://{pub}", wrong, str(keyring))], env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and not keyring.exists()
+    assert bad.stderr.strip() == (f"vlmfleet: the key at file://{pub} has fingerprint {fpr}, not the pinned {wrong} "
+                                  "(nvidia_cuda_repo_key_fingerprint): refused")
+
+
+def test_the_key_and_repository_per_debian_release():
+    tpl = "https://developer.download.nvidia.com/compute/cuda/repos/{distro}/{arch}/"
+    assert drv.cuda_key("auto", "auto", tpl, "debian", "12", "x86_64") == (
+        "https://developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64/3bf863cc.pub",
+        "EB693B3035CD5710E231E123A4B469963BF863CC")
+    assert drv.cuda_key("auto", "auto", tpl, "debian", "13", "x86_64")[0].endswith("/debian13/x86_64/8793F200.pub")
+    assert drv.cuda_key("http://mirror/k.pub", "A" * 40, tpl, "debian", "12", "aarch64") == ("http://mirror/k.pub",
+                                                                                          "A" * 40)
+    assert drv.cuda_source_line(drv.fill(tpl, "debian", "12", "aarch64")) == (
+        "deb [signed-by=/usr/share/keyrings/vlmfleet-nvidia-cuda.gpg] "
+        "https://developer.download.nvidia.com/compute/cuda/repos/debian12/sbsa/ /\n")
+
+
+@pytest.mark.parametrize("answer,rc,message", [
+    ("580.95.05\n580.95.05", 0, "NVIDIA driver 580.95.05 answers for 2 GPUs"),
+    ("570.172.08\n570.172.08", 1, "vlmfleet: the loaded NVIDIA driver is 570.172.08, not branch 580"),
+    ("580.95.05", 1, "vlmfleet: nvidia-smi lists 1 GPUs, the PCI bus has 2"),
+    (None, 1, "vlmfleet: nvidia-smi failed after the reboot (exit 9): NVIDIA-SMI has failed because it couldn't "
+              "communicate with the NVIDIA driver."),
+])
+def test_the_check_after_the_reboot(tmp_path, answer, rc, message):
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\n" + (f"printf '{answer}\\n'\n" if answer else
+                                    "echo \"NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA "
+                                    "driver.\"; exit 9\n"))
+    smi.chmod(0o755)
+    r = subprocess.run(["sh", "-c", drv.check_command("580", 2)], capture_output=True, text=True,
+                       env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    assert r.returncode == rc and (r.stdout + r.stderr).strip() == message
+
+
+def test_the_persistence_daemon_unit_verifies(tmp_path):
+    from unitverify import verify, verify_root
+
+    text = drv.persistenced_unit()
+    assert "ExecStart=/usr/bin/nvidia-persistenced --user root --persistence-mode --verbose" in text
+    assert "Before=docker.service" in text and "WantedBy=multi-user.target" in text
+    root = verify_root(tmp_path, programs=("usr/bin/nvidia-persistenced", "bin/rm"))
+    r = verify(root, "nvidia-persistenced.service", text)
+    assert r.returncode == 0 and "nvidia-persistenced" not in r.stderr, r.stderr
+
+
+# ---- preflight with the stage on ---------------------------------------------------------------------------------
+DATA = {"vlm_profile": "qwen7b", "api_bind": "127.0.0.1", "nvidia_driver_branch": "580"}
+
+
+def test_preflight_plans_a_fresh_box_from_its_pci_bus():
+    cfg = config_for("h1", DATA)
+    facts = HostFacts(os_id="ubuntu", os_version="24.04", gpu_csv=None, pci_text=A10X2,
+                      driver_state="== kernel\n6.8.0-45-generic\n== packages\n")
+    v = check(cfg, facts)
+    assert v.ok, v.problems
+    assert v.inventory.describe() == "2xA10 (23028 MiB each, cc 8.6, pcie)" and v.inventory.source == "PCI bus"
+    assert v.summary.endswith("; will install driver branch 580 (nvidia-headless-no-dkms-580-server, "
+                              "nvidia-utils-580-server from Ubuntu's archive), then reboot (no NVIDIA kernel module "
+                              "is loaded)")
+    # the same host with the stage off: the message names the key
+    off = check(config_for("h1", {k: v for k, v in DATA.items() if k != "nvidia_driver_branch"}), facts)
+    assert "fix: set nvidia_driver_branch = '580'" in off.problems[0]
+
+
+def test_preflight_with_an_old_driver_and_the_stage_on_plans_the_new_branch():
+    cfg = config_for("h1", DATA)
+    old = SMI_A10.replace("580.95.05", "550.54.15")
+    facts = HostFacts(os_id="debian", os_version="12", gpu_csv=old, pci_text=A10X2,
+                      driver_state="== packages\ncuda-drivers-550 550.54.15-1\nnvidia-driver-cuda 550.54.15-1\n")
+    v = check(cfg, facts)
+    assert v.ok, v.problems  # "driver too old" becomes "will install branch 580"
+    assert "will install driver branch 580 (cuda-drivers-580 from NVIDIA's CUDA repository), then reboot (the loaded " \
+           "module is 550.54.15, not branch 580)" in v.summary
+
+
+def test_a_gpu_the_catalog_has_no_pci_id_for_fails_naming_the_fix():
+    facts = HostFacts(os_id="ubuntu", os_version="24.04", gpu_csv=None, pci_text='0000:17:00.0 "0302" "10de" "2321"',
+                      driver_state="")
+    v = check(config_for("h1", DATA), facts)
+    assert v.problems == ["h1: GPUs: PCI device 10de:2321 at 0000:17:00.0 is a GPU the catalog has no pci_ids entry "
+                          "for (vlmfleet/catalog/gpus.yaml); add it there, or install the driver so that nvidia-smi "
+                          "names it"]
+
+
+def test_every_catalog_gpu_the_lab_simulates_has_a_pci_id():
+    inv = parse_pci_gpus(drv.parse_pci(HGX_H100))
+    assert inv.describe() == "8xH100 (81559 MiB each, cc 9.0, nvlink)"
+
+
+def test_the_data_keys():
+    def problems(**data):
+        return [p.render("h1") for p in build("h1", {**DATA, **data})[1]]
+
+    assert problems(nvidia_driver_branch="580.95") == ["h1: data key 'nvidia_driver_branch' = '580.95': must be a "
+                                                       "driver branch: three digits such as '580' — fix: "
+                                                       "nvidia_driver_branch = '580'"]
+    assert "older than vLLM 0.33.0's image needs (driver >= 580.65" in problems(nvidia_driver_branch="550")[0]
+    assert problems(nvidia_driver_branch=580) == []  # --data nvidia_driver_branch=580 arrives as a number
+    assert "fix: nvidia_cuda_repo_key_fingerprint = 'EB693B3035CD5710E231E123A4B469963BF863CC'" in problems(
+        nvidia_cuda_repo_key_fingerprint="eb69 3b30 35cd 5710 e231 e123 a4b4 6996 3bf8 63cc")[0]
+    assert "{release}" in problems(nvidia_cuda_repo_url="http://m/{release}/")[0]
+
+
+# ---- the real H200 ----------------------------------------------------------------------------------------------
+def _fact(text: str, name: str):
+    block = text.split(f"--> Fact data for: {name}\n", 1)[1]
+    return json.loads(block[: block.index("\n}\n") + 2])["@local"]
+
+
+def test_the_driver_stage_dry_run_on_the_real_h200_is_reproduced():
+    """`tools/capture_driver_facts.sh` ran `pyinfra @local deploys/driver.py --dry --data nvidia_driver_branch=580`
+    on a lent H200 (Ubuntu 24.04, driver 580.159.04 loaded): no change, no reboot. The same facts here give the
+    same lines."""
+    facts_text = (H200 / "pyinfra-local-driver-facts.txt").read_text()
+    dry = (H200 / "pyinfra-local-driver-dry.txt").read_text()
+    assert _fact(facts_text, "vlmfleet.facts.NvidiaPci") + "\n" == (H200 / "pci.txt").read_text()
+    facts = HostFacts(os_id="ubuntu", os_version="24.04", gpu_csv=_fact(facts_text, "vlmfleet.facts.GpuQuery")["csv"],
+                      pci_text=_fact(facts_text, "vlmfleet.facts.NvidiaPci"),
+                      driver_state=_fact(facts_text, "vlmfleet.facts.NvidiaDriverState"))
+    v = check(config_for("@local", DATA, ssh_port=None), facts)
+    assert v.ok and not v.driver.changes and v.driver.reboot is None
+    assert f"[@local] noop: preflight passed: {v.summary.split(' fits, ')[0]} fits, " in dry
+    assert v.summary.endswith("; driver 580.159.04 (branch 580) is loaded") and v.summary.split("; ")[-1] in dry
+    assert f"[@local] noop: {v.driver.notes[0]}" in dry
+    # nothing but the run's own lock bookkeeping in pyinfra's table of changes, and no reboot anywhere
+    table = dry.split("--> Detected changes:\n", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    assert [row.strip().split("  ")[0] for row in table] == ["Take the host's rollout lock (one rollout at a time)",
+                                                            "Release the host's rollout lock"]
+    assert "Reboot" not in dry and "rc=0" in dry

@@ -1,0 +1,486 @@
+"""The NVIDIA driver stage's logic: what a host has, what its data pins, and what the stage does about it.
+
+Pure Python, no pyinfra: the facts come in as text (``lspci``, the state script's sections, ``nvidia-smi``), a
+:class:`DriverPlan` comes out — which packages from where, whether to hold them, enable the persistence daemon
+and the fabric manager, and whether the host must reboot — with one sentence per decision for ``--dry``.
+
+What is installed, per OS (docs/driver.md says why):
+
+- **Ubuntu 22.04 / 24.04** — the archive's server branch with Canonical's precompiled, signed kernel modules:
+  ``nvidia-headless-no-dkms-<B>-server``, ``nvidia-utils-<B>-server`` and
+  ``linux-modules-nvidia-<B>-server-<flavour>``; only when the archive has no module package for the running
+  kernel (``linux-modules-nvidia-<B>-server-$(uname -r)``), ``nvidia-dkms-<B>-server`` and the kernel's headers
+  instead (decided on the host, at install time). ``-open`` variants with ``nvidia_driver_modules = 'open'``.
+- **Debian 12 / 13** — NVIDIA's CUDA repository (key pinned by fingerprint): ``cuda-drivers-<B>`` (DKMS modules;
+  the running kernel's headers when Debian has them).
+- **NVSwitch systems** — the fabric manager of the same branch (``nvidia-fabricmanager-<B>``, with
+  ``libnvidia-nscq-<B>`` on Ubuntu), enabled before any CUDA work.
+- Everywhere: nouveau blacklisted, the driver's packages held (``apt-mark hold``), ``nvidia-persistenced``
+  enabled.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+
+NVIDIA_VENDOR = "10de"
+GPU_CLASSES = ("0300", "0302")  # VGA-compatible controller, 3D controller
+BRIDGE_CLASS = "0680"  # NVSwitch: "Bridge: NVIDIA Corporation ..."
+
+#: the PCI view of the NVIDIA devices, in lspci's machine-readable form; the sysfs loop prints the same columns
+#: where pciutils is not installed
+PCI_QUERY = (
+    "if command -v lspci >/dev/null 2>&1; then lspci -Dnmm -d 10de: ; else "
+    "for d in /sys/bus/pci/devices/*; do [ \"$(cat $d/vendor 2>/dev/null)\" = 0x10de ] || continue; "
+    "c=$(cat $d/class); v=$(cat $d/device); "
+    "printf '%s \"%s\" \"10de\" \"%s\"\\n' \"${d##*/}\" \"$(echo $c | cut -c3-6)\" \"${v#0x}\"; done; fi"
+)
+
+#: the driver's state in sections, one command: kernel, architecture, packages, holds, modules, loaded version
+STATE_SCRIPT = (
+    "echo '== kernel'; uname -r; echo '== arch'; uname -m; "
+    "echo '== packages'; dpkg-query -W -f '${db:Status-Abbrev} ${Package} ${Version}\\n' "
+    "'nvidia-*' 'libnvidia-*' 'cuda-drivers*' 'linux-modules-nvidia-*' 'linux-image-*' 2>/dev/null "
+    "| awk '$1 ~ /^[hi]i/ {print $2, $3}'; "
+    "echo '== held'; apt-mark showhold 2>/dev/null; "
+    "echo '== nouveau'; echo \"loaded $(grep -c '^nouveau ' /proc/modules 2>/dev/null)\"; "
+    "echo \"module $(find /lib/modules/$(uname -r) -name 'nouveau.ko*' 2>/dev/null | head -1)\"; "
+    "echo \"blacklisted $(grep -rls '^blacklist nouveau' /etc/modprobe.d /lib/modprobe.d /usr/lib/modprobe.d "
+    "2>/dev/null | head -1)\"; "
+    "echo '== persistence'; echo \"mode $(nvidia-smi --query-gpu=persistence_mode --format=csv,noheader "
+    "2>/dev/null | head -1)\"; echo \"unit $(grep -ls vlmfleet /etc/systemd/system/nvidia-persistenced.service)\"; "
+    "echo '== loaded'; head -1 /proc/driver/nvidia/version 2>/dev/null || true; "
+    "echo '== units'; for u in nvidia-persistenced nvidia-fabricmanager; do "
+    "printf '%s %s %s\\n' \"$u\" \"$(systemctl is-enabled $u.service 2>/dev/null || echo missing)\" "
+    "\"$(systemctl is-active $u.service 2>/dev/null)\"; done"
+)
+
+#: nvidia-smi's own words when no kernel module answers, and when the module is not the library's version
+NO_DRIVER = "couldn't communicate with the NVIDIA driver"
+MISMATCH = "Driver/library version mismatch"
+
+NOUVEAU_CONF = "/etc/modprobe.d/blacklist-nouveau.conf"
+NOUVEAU_BLACKLIST = "# vlmfleet: the NVIDIA driver needs the GPUs; nouveau must not take them\nblacklist nouveau\noptions nouveau modeset=0\n"
+#: NVIDIA's CUDA repository keys per folder: (file, fingerprint). Debian 13's apt refuses the SHA-1 binding of the
+#: 2022 key since 2026-02-01, so NVIDIA signs debian13 with a new one (NVIDIA/cuda-repo-management#30, #39)
+CUDA_KEYS = {
+    "debian13": ("8793F200.pub", "02182E60104FCDC26EAE1B8597A5D4CB8793F200"),
+}
+CUDA_KEY = ("3bf863cc.pub", "EB693B3035CD5710E231E123A4B469963BF863CC")  # debian12, ubuntu2204, ubuntu2404
+CUDA_KEYRING = "/usr/share/keyrings/vlmfleet-nvidia-cuda.gpg"
+CUDA_SOURCES = "/etc/apt/sources.list.d/vlmfleet-nvidia-cuda.list"
+
+
+PERSISTENCED_UNIT = "/etc/systemd/system/nvidia-persistenced.service"
+
+
+def persistenced_unit(before: str = "docker.service") -> str:
+    """The persistence daemon's unit vlmfleet writes (templates/driver/nvidia-persistenced.service.j2): persistence
+    mode on, started at boot before ``before`` (the containers' engine)."""
+    from .paths import render
+
+    return render("driver/nvidia-persistenced.service.j2", before=before)
+
+
+class DriverError(ValueError):
+    """Facts the stage cannot act on; the message names the host's fact and the fix."""
+
+
+# ---- facts ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PciDevice:
+    """One NVIDIA PCI function, e.g. ``PciDevice("0000:17:00.0", "0302", "2330")`` (an H100 SXM5)."""
+
+    slot: str
+    cls: str  # 4 hex digits: 0302 3D controller, 0680 bridge (NVSwitch)
+    device: str  # 4 hex digits
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.cls in GPU_CLASSES
+
+    @property
+    def is_nvswitch(self) -> bool:
+        return self.cls == BRIDGE_CLASS
+
+
+def parse_pci(text: str | None) -> tuple[PciDevice, ...]:
+    """The NVIDIA devices of ``lspci -Dnmm -d 10de:`` (or the sysfs loop of :data:`PCI_QUERY`).
+
+    + text: e.g. ``'0000:17:00.0 "0302" "10de" "2330" -ra1 "10de" "16c1"'``; audio functions and the like are
+      kept (their class is neither a GPU's nor a bridge's)
+    """
+    out = []
+    for line in (text or "").splitlines():
+        m = re.match(r'^\s*(\S+)\s+"([0-9a-fA-F]{4})[0-9a-fA-F]*"\s+"([0-9a-fA-F]{4})"\s+"([0-9a-fA-F]{4})"', line)
+        if m and m[3].lower() == NVIDIA_VENDOR:
+            out.append(PciDevice(m[1], m[2].lower(), m[4].lower()))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class DriverState:
+    """What the state script found (parse_state): the running kernel, the driver's packages, holds, nouveau."""
+
+    kernel: str = ""  # "6.8.0-45-generic"
+    arch: str = "x86_64"
+    packages: dict = field(default_factory=dict)  # installed package -> version
+    held: frozenset = frozenset()
+    nouveau_loaded: bool = False
+    nouveau_module: bool = False  # the running kernel has a nouveau module (it could take the GPUs at boot)
+    nouveau_blacklisted: str | None = None  # the modprobe.d file that blacklists it already
+    persistence_mode: str | None = None  # nvidia-smi's persistence_mode of GPU 0: "Enabled" / "Disabled"
+    persistenced_ours: bool = False  # /etc/systemd/system/nvidia-persistenced.service is vlmfleet's
+    proc_version: str | None = None  # /proc/driver/nvidia/version's version, when a module is loaded
+    units: dict = field(default_factory=dict)  # unit -> (enabled state, active state)
+
+
+def parse_state(text: str | None) -> DriverState:
+    """Parse :data:`STATE_SCRIPT`'s sections."""
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in (text or "").splitlines():
+        if line.startswith("== "):
+            current = sections.setdefault(line[3:].strip(), [])
+        elif current is not None and line.strip():
+            current.append(line.strip())
+    first = lambda name: (sections.get(name) or [""])[0]  # noqa: E731
+    packages = {}
+    for line in sections.get("packages", []):
+        name, _, version = line.partition(" ")
+        packages[name] = version.strip()
+    loaded = re.search(r"Kernel Module\s+(?:for \S+\s+)?(\d+\.\d+(?:\.\d+)?)", first("loaded"))
+    units = {}
+    for line in sections.get("units", []):
+        parts = line.split()
+        if parts:
+            units[parts[0]] = (parts[1] if len(parts) > 1 else "missing", parts[2] if len(parts) > 2 else "")
+    def pairs(name: str) -> dict[str, str]:
+        return {k: v.strip() for k, _, v in (line.partition(" ") for line in sections.get(name, []))}
+
+    nouveau, persistence = pairs("nouveau"), pairs("persistence")
+    return DriverState(kernel=first("kernel"), arch=first("arch") or "x86_64", packages=packages,
+                       held=frozenset(sections.get("held", [])),
+                       nouveau_loaded=nouveau.get("loaded", "0").isdigit() and int(nouveau.get("loaded", "0")) > 0,
+                       nouveau_module=bool(nouveau.get("module")), nouveau_blacklisted=nouveau.get("blacklisted") or None,
+                       persistence_mode=persistence.get("mode") or None, persistenced_ours=bool(persistence.get("unit")),
+                       proc_version=loaded[1] if loaded else None, units=units)
+
+
+def smi_version(gpu_csv: str | None) -> str | None:
+    """The driver version nvidia-smi reports — the loaded kernel module's — from the preflight query's CSV."""
+    for line in (gpu_csv or "").splitlines():
+        cols = [c.strip() for c in line.split(",")]
+        if len(cols) >= 5 and re.fullmatch(r"\d+\.\d+(\.\d+)?", cols[4]):
+            return cols[4]
+    return None
+
+
+def upstream(version: str) -> str:
+    """``580.95.05`` of a Debian version: ``580.95.05-0ubuntu0.24.04.2`` or ``1:580.95.05-1``."""
+    return version.split(":", 1)[-1].split("-", 1)[0]
+
+
+def branch_of(version: str | None) -> str | None:
+    return version.split(".", 1)[0] if version else None
+
+
+# ---- what to install -----------------------------------------------------------------------------------------
+def os_family(os_id: str | None) -> str | None:
+    return {"ubuntu": "ubuntu", "debian": "debian"}.get((os_id or "").lower())
+
+
+def cuda_distro(os_id: str, os_version: str) -> str:
+    """The CUDA repository's folder: ``debian12``, ``debian13``, ``ubuntu2404``."""
+    return f"{os_id}{os_version.replace('.', '')}"
+
+
+def cuda_arch(machine: str) -> str:
+    """The CUDA repository's architecture folder for ``uname -m``: x86_64, sbsa (arm64 servers)."""
+    return {"aarch64": "sbsa", "arm64": "sbsa"}.get(machine, machine or "x86_64")
+
+
+def cuda_key(key_url: str, fingerprint: str, repo_url: str, os_id: str, os_version: str, machine: str
+             ) -> tuple[str, str]:
+    """The key's URL and pinned fingerprint, ``auto`` resolved for the repository folder (:data:`CUDA_KEYS`).
+
+    + key_url / fingerprint: the nvidia_cuda_repo_key_url / _fingerprint data, e.g. ``"auto"``
+    + repo_url: the nvidia_cuda_repo_url data (a template)
+    """
+    file, fpr = CUDA_KEYS.get(cuda_distro(os_id, os_version), CUDA_KEY)
+    url = fill(repo_url, os_id, os_version, machine).rstrip("/") + "/" + file if key_url == "auto" else \
+        fill(key_url, os_id, os_version, machine)
+    return url, fpr if fingerprint == "auto" else fingerprint
+
+
+def fill(template: str, os_id: str, os_version: str, machine: str) -> str:
+    """A repository URL template with ``{distro}`` and ``{arch}`` filled in."""
+    return template.replace("{distro}", cuda_distro(os_id, os_version)).replace("{arch}", cuda_arch(machine))
+
+
+def kernel_flavour(kernel: str, packages: dict, os_version: str, wanted: str = "auto") -> str:
+    """The Ubuntu kernel flavour of the precompiled-module metapackage.
+
+    + kernel: ``uname -r``, e.g. ``"6.8.0-45-generic"`` (flavour ``generic``) or ``"6.8.0-1015-aws"``
+    + packages: installed packages: ``linux-image-generic-hwe-24.04`` makes it ``generic-hwe-24.04``
+    + wanted: the ``nvidia_kernel_flavour`` data, ``auto`` or a flavour that wins
+    """
+    if wanted != "auto":
+        return wanted
+    m = re.match(r"^\d+\.\d+\.\d+-\d+-(.+)$", kernel)
+    flavour = m[1] if m else "generic"
+    hwe = f"linux-image-{flavour}-hwe-{os_version}"
+    return f"{flavour}-hwe-{os_version}" if hwe in packages else flavour
+
+
+@dataclass(frozen=True)
+class Packages:
+    """The packages of one branch on one OS.
+
+    + driver: installed unconditionally, e.g. ``("nvidia-headless-no-dkms-580-server", "nvidia-utils-580-server")``
+    + modules: the precompiled modules' metapackage (Ubuntu), e.g. ``"linux-modules-nvidia-580-server-generic"``
+    + kernel_modules_prefix: with ``-$(uname -r)`` appended, the running kernel's module package, whose presence
+      in the archive decides precompiled vs DKMS, e.g. ``"linux-modules-nvidia-580-server"``
+    + dkms: the fallback, e.g. ``"nvidia-dkms-580-server"``
+    + fabric: the fabric manager's packages of the branch
+    + marker: the installed package whose version is the driver's, e.g. ``"nvidia-utils-580-server"``
+    + source: where they come from, for messages; pin: e.g. ``"nvidia-driver-pinning-590"`` (Debian, 590 on)
+    """
+
+    driver: tuple[str, ...]
+    modules: str | None
+    kernel_modules_prefix: str | None
+    dkms: str | None
+    fabric: tuple[str, ...]
+    marker: str
+    source: str
+    pin: str | None = None  # installed first, in its own apt run: it pins the unversioned packages to the branch
+
+
+def packages_for(family: str, branch: str, modules: str, flavour: str) -> Packages:
+    """What vlmfleet installs for ``branch`` (``"580"``) on ``family`` (ubuntu | debian).
+
+    + modules: ``proprietary`` or ``open`` (nvidia_driver_modules)
+    + flavour: from :func:`kernel_flavour`, e.g. ``"generic"``
+    """
+    open_ = "-open" if modules == "open" else ""
+    if family == "ubuntu":
+        return Packages(
+            driver=(f"nvidia-headless-no-dkms-{branch}-server{open_}", f"nvidia-utils-{branch}-server"),
+            modules=f"linux-modules-nvidia-{branch}-server{open_}-{flavour}",
+            kernel_modules_prefix=f"linux-modules-nvidia-{branch}-server{open_}",
+            dkms=f"nvidia-dkms-{branch}-server{open_}",
+            fabric=(f"nvidia-fabricmanager-{branch}", f"libnvidia-nscq-{branch}"),
+            marker=f"nvidia-utils-{branch}-server",
+            source="Ubuntu's archive")
+    # the versioned metapackage alone is not a pin: its dependencies are ">=", so apt would take the newest branch's
+    # packages; NVIDIA's pinning package of the branch goes first, in its own apt run
+    meta = "nvidia-open" if open_ else "cuda-drivers"
+    new = int(branch) >= 590  # NVIDIA drops the branch from the package names from 590 on
+    return Packages(driver=(meta,) if new else (f"{meta}-{branch}",), modules=None, kernel_modules_prefix=None,
+                    dkms=None, fabric=("nvidia-fabricmanager", "libnvidia-nscq") if new
+                    else (f"nvidia-fabricmanager-{branch}",), marker=meta if new else f"{meta}-{branch}",
+                    source="NVIDIA's CUDA repository", pin=f"nvidia-driver-pinning-{branch}")
+
+
+#: the packages a hold covers: everything of the driver, whichever branch (and the kernel's module packages)
+HOLD_PATTERN = r"^(nvidia-|libnvidia-|cuda-drivers|linux-modules-nvidia-|libxnvctrl|xserver-xorg-video-nvidia)"
+
+
+#: packages whose version is the driver's, whichever source installed them (Ubuntu's archive, the CUDA repository)
+DRIVER_MARKERS = r"^(nvidia-utils|nvidia-driver|nvidia-headless|nvidia-compute-utils|libnvidia-compute|cuda-drivers|nvidia-open)"
+
+
+def installed_version(packages: dict, branch: str) -> str | None:
+    """The driver version of ``branch`` apt has installed (the newest, when several packages say), else None.
+
+    + packages: installed package -> Debian version, e.g. ``{"nvidia-utils-580-server": "580.95.05-0ubuntu1"}``
+    """
+    found = [upstream(v) for p, v in packages.items() if re.match(DRIVER_MARKERS, p)
+             and branch_of(upstream(v)) == branch]
+    return max(found, key=lambda v: tuple(int(x) for x in re.findall(r"\d+", v))) if found else None
+
+
+def driver_packages(packages: dict) -> list[str]:
+    """The installed packages a hold covers (HOLD_PATTERN), sorted."""
+    return sorted(p for p in packages if re.match(HOLD_PATTERN, p) and p != "nvidia-container-toolkit"
+                  and not p.startswith("nvidia-container-toolkit") and not p.startswith("libnvidia-container"))
+
+
+def install_command(pk: Packages, extra: tuple[str, ...] = (), driver: bool = True,
+                    unhold: tuple[str, ...] = ()) -> str:
+    """The shell command that installs ``pk`` non-interactively (held packages of another branch may move).
+
+    On Ubuntu it asks the archive, on the host and at install time, whether the running kernel has precompiled
+    modules of the branch, and falls back to DKMS (with that kernel's headers) only when it has not; on Debian the
+    CUDA repository's DKMS modules need the running kernel's headers, installed when Debian has them.
+
+    + extra: more packages of the branch, e.g. the fabric manager's
+    + driver: False: only ``extra`` (the driver is installed already)
+    + unhold: held packages of the driver now installed (another branch): released first, as apt moves held
+      packages only when each is named; the stage holds the new ones after
+    """
+    apt = ("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "
+           "--allow-change-held-packages -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold")
+    base = " ".join(shlex.quote(p) for p in (pk.driver if driver else ()) + tuple(extra))
+    release = f"apt-mark unhold {' '.join(shlex.quote(p) for p in unhold)} >/dev/null && " if unhold else ""
+    if not driver:
+        return f"{release}{apt} {base}"
+    if pk.modules:
+        per_kernel = f'{pk.kernel_modules_prefix}-"$k"'
+        return (f"{release}k=$(uname -r); if apt-cache show --no-all-versions {per_kernel} 2>/dev/null | grep -q '^Package:'; then "
+                f"{apt} {base} {pk.modules} {per_kernel}; "
+                f'else echo "vlmfleet: the archive has no precompiled NVIDIA module for kernel $k: building it with '
+                f'DKMS ({pk.dkms})" >&2; {apt} {base} {pk.dkms} linux-headers-"$k"; fi')
+    return (release + 'k=$(uname -r); if apt-cache show --no-all-versions linux-headers-"$k" 2>/dev/null | grep -q "^Package:"; '
+            'then h=linux-headers-"$k"; else '
+            'h=; echo "vlmfleet: no linux-headers-$k package: DKMS needs the running kernel\'s headers to build the '
+            'module" >&2; fi; ' + (f"{apt} {pk.pin} && " if pk.pin else "") + f"{apt} {base} $h")
+
+
+def hold_command() -> str:
+    """Hold every installed package of the driver (HOLD_PATTERN), so that an unattended upgrade cannot move the
+    kernel module under a running server; the list is read on the host, after the install."""
+    return ("dpkg-query -W -f '${db:Status-Abbrev} ${Package}\\n' | awk '$1 ~ /^[hi]i/ {print $2}' "
+            f"| grep -E {shlex.quote(HOLD_PATTERN)} | grep -vE '^(nvidia-container-toolkit|libnvidia-container)' "
+            "| xargs -r apt-mark hold")
+
+
+def key_command(key_url: str, fingerprint: str, keyring: str = CUDA_KEYRING) -> str:
+    """Fetch the repository key, refuse it unless its fingerprint is the pinned one, install it dearmoured."""
+    return (f"t=$(mktemp) && curl -fsSL --retry 3 {shlex.quote(key_url)} -o \"$t\" && "
+            f"got=$(gpg --show-keys --with-colons \"$t\" | awk -F: '$1 == \"fpr\" {{print $10; exit}}') && "
+            f"if [ \"$got\" != {shlex.quote(fingerprint)} ]; then echo \"vlmfleet: the key at {key_url} has "
+            f"fingerprint ${{got:-none}}, not the pinned {fingerprint} (nvidia_cuda_repo_key_fingerprint): refused\" "
+            f">&2; rm -f \"$t\"; exit 1; fi && gpg --dearmor --yes -o {shlex.quote(keyring)} \"$t\" && "
+            f"chmod 644 {shlex.quote(keyring)} && rm -f \"$t\"")
+
+
+def cuda_source_line(url: str, keyring: str = CUDA_KEYRING) -> str:
+    """NVIDIA's flat repository line, e.g. ``deb [signed-by=...] https://.../repos/debian12/x86_64/ /``."""
+    return f"deb [signed-by={keyring}] {url.rstrip('/')}/ /\n"
+
+
+def check_command(branch: str, gpus: int, installed: str | None = None) -> str:
+    """After the reboot: nvidia-smi must answer with the pinned branch (the installed version, when known) and
+    list every GPU of the PCI bus; the failure names what it saw."""
+    want = f"the installed {installed}" if installed else f"branch {branch}"
+    cond = (f'[ "$v" = {shlex.quote(installed)} ]' if installed else f'[ "${{v%%.*}}" = {shlex.quote(branch)} ]')
+    return (f"out=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>&1); rc=$?; "
+            f"v=$(printf '%s\\n' \"$out\" | head -1); n=$(printf '%s\\n' \"$out\" | grep -c .); "
+            f"if [ $rc -ne 0 ]; then echo \"vlmfleet: nvidia-smi failed after the reboot (exit $rc): $out\" >&2; exit 1; fi; "
+            f"if ! {cond}; then echo \"vlmfleet: the loaded NVIDIA driver is $v, not {want}\" >&2; exit 1; fi; "
+            f"if [ \"$n\" -ne {gpus} ]; then echo \"vlmfleet: nvidia-smi lists $n GPUs, the PCI bus has {gpus}\" >&2; "
+            "exit 1; fi; echo \"NVIDIA driver $v answers for $n GPUs\"")
+
+
+# ---- the decision ------------------------------------------------------------------------------------------
+@dataclass
+class DriverPlan:
+    """What the driver stage does on one host; every field decided at planning time from the facts.
+
+    + install: the install command, None when the branch is installed already (or a working driver of the
+      branch came from elsewhere, e.g. NVIDIA's .run installer, which apt must not overwrite)
+    + reboot: why the host must reboot (None: it need not): the module is missing, or not the installed version
+    + notes: one sentence per decision, for the run's output
+    """
+
+    branch: str
+    family: str
+    arch: str  # uname -m, e.g. "x86_64"
+    packages: Packages
+    gpus: int
+    nvswitches: int
+    fabricmanager: bool
+    install: str | None = None
+    hold: bool = False
+    reboot: str | None = None
+    apt_managed: bool = True
+    blacklist_nouveau: bool = False  # write NOUVEAU_CONF: the kernel has nouveau, nothing blacklists it yet
+    persistenced: bool = True  # write vlmfleet's persistence daemon unit (False: persistence mode is on already)
+    installed: str | None = None  # the installed driver version (upstream), when the packages are there
+    loaded: str | None = None  # what answers now (nvidia-smi / /proc), None: nothing
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.install or self.hold or self.reboot)
+
+    def summary(self) -> str:
+        """One line for preflight and --dry: e.g. "will install branch 580 (cuda-drivers-580 from NVIDIA's CUDA
+        repository), then reboot (no NVIDIA kernel module is loaded)"."""
+        if self.install:
+            what = f"will install driver branch {self.branch} ({', '.join(self.packages.driver)} from {self.packages.source})"
+        elif self.loaded and not self.reboot:
+            what = f"driver {self.loaded} (branch {self.branch}) is loaded"
+        else:
+            what = f"driver {self.installed or 'branch ' + self.branch} is installed"
+        if self.fabricmanager:
+            what += f", fabric manager for {self.nvswitches} NVSwitches"
+        return what + (f", then reboot ({self.reboot})" if self.reboot else "")
+
+
+def plan(host: str, branch: str, family: str, state: DriverState, pci: tuple[PciDevice, ...],
+         gpu_csv: str | None, gpu_error: str | None, modules: str = "proprietary", flavour: str = "auto",
+         os_version: str = "", fabricmanager="auto") -> DriverPlan:
+    """Decide what the driver stage does on ``host``.
+
+    + branch: the pinned ``nvidia_driver_branch``, e.g. ``"580"``
+    + family: ``"ubuntu"`` or ``"debian"`` (os_family)
+    + state: parse_state of the host; pci: parse_pci of the host
+    + gpu_csv / gpu_error: the preflight nvidia-smi query's output, or its error text (None / None: no nvidia-smi)
+    + fabricmanager: the ``nvidia_fabricmanager`` data: ``"auto"`` (on NVSwitch systems), True or False
+    """
+    if not any(d.is_gpu for d in pci):
+        raise DriverError(f"{host}: the PCI bus shows no NVIDIA GPU (lspci -d 10de: lists none) — fix: check the "
+                          "host is a GPU server and its GPUs are seated, or unset nvidia_driver_branch")
+    gpus = sum(d.is_gpu for d in pci)
+    switches = sum(d.is_nvswitch for d in pci)
+    fm = bool(switches) if fabricmanager == "auto" else bool(fabricmanager)
+    pk = packages_for(family, branch, modules, kernel_flavour(state.kernel, state.packages, os_version, flavour))
+    p = DriverPlan(branch=branch, family=family, arch=state.arch, packages=pk, gpus=gpus, nvswitches=switches, fabricmanager=fm)
+    p.installed = installed_version(state.packages, branch)
+    loaded = smi_version(gpu_csv) or state.proc_version
+    p.loaded = loaded
+    mismatch = bool(gpu_error and MISMATCH in gpu_error)
+    ours = driver_packages(state.packages)
+    if p.installed is None and branch_of(loaded) == branch and not mismatch and not ours:
+        # a working driver of the branch that apt did not install (NVIDIA's .run installer, a vendor image)
+        p.apt_managed = False
+        p.notes.append(f"driver {loaded} (branch {branch}) is loaded and no driver package is installed: it came "
+                       "from elsewhere (NVIDIA's .run installer?); left alone — apt must not install over it")
+        return p
+    p.blacklist_nouveau = (state.nouveau_module or state.nouveau_loaded) and (
+        not state.nouveau_blacklisted or state.nouveau_blacklisted == NOUVEAU_CONF)
+    if state.nouveau_blacklisted and state.nouveau_blacklisted != NOUVEAU_CONF:
+        p.notes.append(f"nouveau is blacklisted already ({state.nouveau_blacklisted})")
+    p.persistenced = state.persistenced_ours or state.persistence_mode != "Enabled"
+    if not p.persistenced:
+        p.notes.append("persistence mode is on already (the host's own nvidia-persistenced): its unit is left alone")
+    fabric = tuple(x for x in pk.fabric if x not in state.packages) if fm else ()
+    held = tuple(x for x in ours if x in state.held)
+    if p.installed is None:
+        p.install = install_command(pk, fabric, unhold=held)
+        p.notes.append(f"branch {branch} is not installed ({', '.join(pk.driver)} from {pk.source})")
+    elif fabric:
+        p.install = install_command(pk, fabric, driver=False, unhold=held)
+    if fm:
+        p.notes.append(f"{switches} NVSwitches on the PCI bus: the fabric manager ({', '.join(pk.fabric)}) runs "
+                       "before any CUDA work" if switches else "fabric manager on (nvidia_fabricmanager)")
+    want = p.installed  # the version after the install is unknown until apt has run
+    unheld = [x for x in ours if x not in state.held]
+    p.hold = bool(p.install) or bool(unheld)
+    if p.installed is None:
+        p.reboot = ("no NVIDIA kernel module is loaded" if not loaded and not mismatch
+                    else f"the loaded module is {loaded or 'another version'}, not branch {branch}")
+    elif mismatch:
+        p.reboot = f"the loaded module is not the installed {want} (nvidia-smi: {MISMATCH})"
+    elif not loaded:
+        p.reboot = f"the installed driver {want} is not loaded"
+    elif want and loaded != want:
+        p.reboot = f"the loaded module is {loaded}, the installed driver {want}"
+    if state.nouveau_loaded and not p.reboot:
+        p.reboot = "nouveau holds the GPUs"
+    return p
