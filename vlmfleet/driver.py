@@ -280,8 +280,9 @@ def packages_for(family: str, branch: str, modules: str, flavour: str) -> Packag
     meta = "nvidia-open" if open_ else "cuda-drivers"
     new = int(branch) >= 590  # NVIDIA drops the branch from the package names from 590 on
     return Packages(driver=(meta,) if new else (f"{meta}-{branch}",), modules=None, kernel_modules_prefix=None,
-                    dkms=None, fabric=("nvidia-fabricmanager", "libnvidia-nscq") if new
-                    else (f"nvidia-fabricmanager-{branch}",), marker=meta if new else f"{meta}-{branch}",
+                    dkms=None, fabric=("nvidia-fabricmanager", "libnvidia-nscq") if int(branch) >= 580
+                    else (f"nvidia-fabricmanager-{branch}", f"libnvidia-nscq-{branch}"),
+                    marker=meta if new else f"{meta}-{branch}",
                     source="NVIDIA's CUDA repository", pin=f"nvidia-driver-pinning-{branch}")
 
 

@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -51,6 +52,9 @@ class LabHost:
     def log_file(self, cfg: LabConfig) -> Path:
         return self.dir(cfg) / "nspawn.log"
 
+    def boots_file(self, cfg: LabConfig) -> Path:
+        return self.dir(cfg) / "boots"
+
     @property
     def cgroup(self) -> str:
         return f"vlmlab-{self.name}"
@@ -86,6 +90,8 @@ def existing_hosts(cfg: LabConfig) -> list[LabHost]:
 
 
 def running(cfg: LabConfig, host: LabHost) -> int | None:
+    """The pid of the host's supervisor (its command line names systemd-nspawn) while the host is up or
+    rebooting, else None."""
     return pid_alive(host.pid_file(cfg), "systemd-nspawn")
 
 
@@ -193,23 +199,29 @@ def mount_root(cfg: LabConfig, host: LabHost, lower: Path) -> None:
 
 
 def boot(cfg: LabConfig, host: LabHost, netns_name: str) -> None:
-    """Start systemd-nspawn for one host in the background, inside the host's own cgroup."""
+    """Start the host in the background: its supervisor (vlmfleet.lab.supervise) runs systemd-nspawn inside the
+    host's own cgroup and starts it again when the host reboots, as a server comes back from a reboot."""
     cgroups = _cgroup_dirs(host)
     for cg in cgroups:
         cg.mkdir(exist_ok=True)
-
-    def enter_cgroup() -> None:  # runs in the child between fork and exec
-        for cg in cgroups:
-            (cg / "cgroup.procs").write_text(str(os.getpid()))
-
-    argv = ["systemd-nspawn", "-q", "-D", str(host.root(cfg)), f"--machine={host.name}",
-            f"--network-namespace-path=/run/netns/{netns_name}", *NSPAWN_FLAGS,
-            f"--bind={host.dir(cfg) / 'docker'}:/var/lib/docker"]
+    nspawn = ["systemd-nspawn", "-q", "-D", str(host.root(cfg)), f"--machine={host.name}",
+              f"--network-namespace-path=/run/netns/{netns_name}", *NSPAWN_FLAGS,
+              f"--bind={host.dir(cfg) / 'docker'}:/var/lib/docker"]
+    argv = [sys.executable, "-m", "vlmfleet.lab.supervise", "--boots", str(host.boots_file(cfg)),
+            *(a for cg in cgroups for a in ("--cgroup", str(cg))), "--", *nspawn]
     env = dict(os.environ, SYSTEMD_NSPAWN_UNIFIED_HIERARCHY="1")
     with host.log_file(cfg).open("w") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                start_new_session=True, preexec_fn=enter_cgroup)
+                                start_new_session=True)
     host.pid_file(cfg).write_text(f"{proc.pid}\n")
+
+
+def boots(cfg: LabConfig, host: LabHost) -> int:
+    """How many times the host booted since ``vlmfleet lab up`` started it (1: never rebooted)."""
+    try:
+        return int(host.boots_file(cfg).read_text().strip())
+    except (OSError, ValueError):
+        return 0
 
 
 def wait_ready(cfg: LabConfig, host: LabHost, deadline_s: float) -> str:
