@@ -376,3 +376,22 @@ def test_the_driver_stage_dry_run_on_the_real_h200_is_reproduced():
     assert [row.strip().split("  ")[0] for row in table] == ["Take the host's rollout lock (one rollout at a time)",
                                                             "Release the host's rollout lock"]
     assert "Reboot" not in dry and "rc=0" in dry
+
+
+def test_a_debian_branch_change_moves_the_unversioned_fabric_manager_too():
+    """On Debian the fabric manager has no branch in its name from 580 on: a 580 host moving to 590 has
+    nvidia-fabricmanager installed, at the wrong branch — it is installed again (the pin moves it)."""
+    debian_580 = {"cuda-drivers-580": "580.95.05-1", "nvidia-driver-cuda": "580.95.05-1", "nvidia-kernel-dkms":
+                  "580.95.05-1", "nvidia-fabricmanager": "580.95.05-1", "libnvidia-nscq": "580.95.05-1",
+                  "nvidia-driver-pinning-580": "580.95.05-1"}
+    state = replace(FRESH, packages=debian_580, held=frozenset(debian_580))
+    p = plan(state=state, family="debian", branch="590", pci=HGX_H100, csv=SMI_A10)
+    assert p.install.endswith("--force-confold cuda-drivers nvidia-fabricmanager libnvidia-nscq $h")
+    assert "apt-mark unhold cuda-drivers-580 libnvidia-nscq nvidia-driver-cuda" in p.install
+    # after the move the 580 metapackage stays behind: it does not make the host "580" again
+    after = {**{k: v.replace("580.95.05", "590.44.01") for k, v in debian_580.items() if k != "cuda-drivers-580"},
+             "cuda-drivers-580": "580.95.05-1", "cuda-drivers": "590.44.01-1"}
+    assert drv.installed_version(after, "580") is None and drv.installed_version(after, "590") == "590.44.01"
+    back = plan(state=replace(FRESH, packages=after), family="debian", branch="580", pci=HGX_H100,
+                csv=SMI_A10.replace("580.95.05", "590.44.01"))
+    assert back.install and back.reboot == "the loaded module is 590.44.01, not branch 580"

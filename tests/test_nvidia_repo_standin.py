@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -28,6 +29,8 @@ from unitverify import verify, verify_root
 
 V580, V590 = "580.95.05-1", "590.44.01-1"
 DRIVER_SET = ("nvidia-driver-cuda", "nvidia-kernel-dkms", "nvidia-persistenced")
+#: the fabric manager's packages: unversioned from 580 on (as NVIDIA's), pinned to a branch by its pinning package
+FABRIC = ("nvidia-fabricmanager", "libnvidia-nscq")
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +55,16 @@ def keyring(tmp: Path, armoured: Path) -> Path:
 
 
 class Apt:
-    """The real apt-get on its own folders: ``Apt(tmp, repo, keyring).run("-s", "install", "x")``."""
+    """The real apt-get on its own folders: ``Apt(tmp, repo, keyring).run("-s", "install", "x")``.
+
+    Should apt ever run dpkg (only :meth:`really` does) it installs into ``tmp/root``, standing for the host's /,
+    with dpkg's database in the state folder (``state/status`` is dpkg's own) and its logs in ``tmp/log``."""
 
     def __init__(self, tmp: Path, repo: Path, key: Path):
         self.d = tmp
-        for sub in ("state/lists/partial", "cache/archives/partial", "etc/sources.list.d", "etc/trusted.gpg.d",
-                    "etc/preferences.d", "etc/apt.conf.d"):
+        self.root = tmp / "root"
+        for sub in ("state/lists/partial", "state/info", "state/updates", "state/triggers", "cache/archives/partial",
+                    "etc/sources.list.d", "etc/trusted.gpg.d", "etc/preferences.d", "etc/apt.conf.d", "log", "root"):
             (tmp / sub).mkdir(parents=True, exist_ok=True)
         (tmp / "state/status").touch()
         (tmp / "etc/sources.list").write_text(f"deb [signed-by={key}] file:{repo}/ /\n")
@@ -68,18 +75,22 @@ class Apt:
                 "Dir::Etc::PreferencesParts": "etc/preferences.d", "Dir::Etc::Parts": "etc/apt.conf.d"}
         lines = [f'{k} "{tmp / v}";' for k, v in conf.items()]
         lines += ['APT::Architecture "amd64";', 'APT::Architectures { "amd64"; };', 'Debug::NoLocking "true";',
-                  'APT::Sandbox::User "root";' if os.geteuid() == 0 else ""]
+                  'APT::Sandbox::User "root";' if os.geteuid() == 0 else "", f'Dir::Log "{tmp / "log"}";',
+                  # --root last but one: dpkg's database is the state folder's, not root/var/lib/dpkg
+                  'DPkg::Options { "--root=%s"; "--admindir=%s"; "--force-not-root"; "--log=%s"; };'
+                  % (self.root, tmp / "state", tmp / "log/dpkg.log")]
         (tmp / "apt.conf").write_text("\n".join(lines) + "\n")
 
-    def run(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["apt-get", "-q", *args], capture_output=True, text=True,
+    def run(self, *args: str, tool: str = "apt-get") -> subprocess.CompletedProcess:
+        return subprocess.run([tool, "-q", *args], capture_output=True, text=True,
                               env={**os.environ, "APT_CONFIG": str(self.d / "apt.conf"), "LC_ALL": "C"})
 
     def plan(self, *args: str) -> tuple[int, list[str], str]:
-        """``apt-get -s -y ARGS``: (exit status, its Inst/Remv lines, everything it printed)."""
+        """``apt-get -s -y ARGS``: (exit status, its Inst/Remv lines, everything it printed); a line's `` []`` (no
+        package left broken by this step, as apt prints where an upgrade waits for its dependency's) left out."""
         proc = self.run("-s", "-y", *args)
         out = proc.stdout + proc.stderr
-        return proc.returncode, [x for x in out.splitlines() if x.startswith(("Inst ", "Remv "))], out
+        return proc.returncode, [x.removesuffix(" []") for x in out.splitlines() if x.startswith(("Inst ", "Remv "))], out
 
     def installed(self, repo: Path, debs: list[str], held: bool) -> None:
         """dpkg's status file as after installing ``debs`` (file names in the repository)."""
@@ -98,6 +109,28 @@ class Apt:
                           self.d / f"pin-{branch}")
         shutil.copy(unpacked / nvidia_repo.PIN_FILE, self.d / "etc/preferences.d/nvidia-driver-pin")
 
+    def add_installed(self, repo: Path, debs: list[str]) -> None:
+        """Append to dpkg's status file (kept: what dpkg really installed stays) the stanzas of ``debs``,
+        installed (unpacked nowhere: for apt's resolver only)."""
+        status = self.d / "state/status"
+        stanzas = []
+        for deb in debs:
+            control = subprocess.run(["dpkg-deb", "-f", str(repo / deb)], capture_output=True, text=True,
+                                     check=True).stdout
+            first, _, rest = control.partition("\n")
+            stanzas.append(f"{first}\nStatus: install ok installed\n{rest}")
+        status.write_text("\n".join(x for x in (status.read_text().strip("\n") + "\n", *stanzas) if x.strip()))
+
+    def packages(self) -> dict[str, str]:
+        """dpkg-query's installed packages of the private database: name -> version."""
+        out = subprocess.run(["dpkg-query", f"--admindir={self.d / 'state'}", "-W", "-f",
+                              "${db:Status-Abbrev} ${Package} ${Version}\n"], capture_output=True, text=True,
+                             check=True).stdout
+        return {f[1]: f[2] for f in (x.split() for x in out.splitlines()) if f[0][:2] in ("ii", "hi")}
+
+    def held(self) -> list[str]:
+        return self.run("showhold", tool="apt-mark").stdout.split()
+
 
 def unpack(repo: Path, debs: list[str], root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
@@ -108,7 +141,7 @@ def unpack(repo: Path, debs: list[str], root: Path) -> Path:
 
 def debs_of(branch: str) -> list[str]:
     v = nvidia_repo.BRANCHES[branch]
-    return [f"{p}_{v}_amd64.deb" for p in (f"cuda-drivers-{branch}", *DRIVER_SET, f"nvidia-fabricmanager-{branch}")]
+    return [f"{p}_{v}_amd64.deb" for p in (f"cuda-drivers-{branch}", *DRIVER_SET, *FABRIC)]
 
 
 def test_repository_is_laid_out_and_indexed_like_nvidias(lab):
@@ -136,8 +169,14 @@ def test_repository_is_laid_out_and_indexed_like_nvidias(lab):
         deb = repo / stanzas[(f"cuda-drivers-{branch}", v)]["Filename"]
         assert deb.exists() and stanzas[(f"cuda-drivers-{branch}", v)]["SHA256"] == hashlib.sha256(
             deb.read_bytes()).hexdigest()
-        assert stanzas[(f"nvidia-fabricmanager-{branch}", v)]["Conflicts"] == (
-            "nvidia-fabricmanager-590" if branch == "580" else "nvidia-fabricmanager-580")
+        # the fabric manager carries no branch in its name: it wants the library of its own version, and the
+        # branch's pinning package pins both (NVIDIA's names from 580 on)
+        fm = stanzas[("nvidia-fabricmanager", v)]
+        assert fm["Depends"] == f"libnvidia-nscq (= {v})" and "Conflicts" not in fm
+        assert ("libnvidia-nscq", v) in stanzas
+        pin = re.search(r"^Package: (.*)$", nvidia_repo.pin_file(branch), re.M)[1].split()
+        assert set(FABRIC) <= set(pin) and f"Pin: version {branch}.*" in nvidia_repo.pin_file(branch)
+    assert not [name for name, _ in stanzas if re.fullmatch(r"(nvidia-fabricmanager|libnvidia-nscq)-\d+", name)]
 
 
 def test_apt_checks_the_signature_with_the_served_key_and_refuses_another(lab, tmp_path):
@@ -202,8 +241,9 @@ def test_lab_hosts_fetch_it_over_http_past_the_debian_only_proxy(lab, tmp_path):
         (apt.d / "etc/apt.conf.d/02vlmfleet-lab-direct").write_text(direct)
         proc = apt.run("update")
         assert proc.returncode == 0 and "W:" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
-        rc, lines, out = apt.plan("install", "nvidia-fabricmanager-580")
-        assert rc == 0 and lines == [f"Inst nvidia-fabricmanager-580 ({V580} NVIDIA CUDA:127.0.0.1 [amd64])"], out
+        apt.pin(repo, "580")
+        rc, lines, out = apt.plan("install", "nvidia-fabricmanager")
+        assert rc == 0 and lines == [f"Inst {p} ({V580} NVIDIA CUDA:127.0.0.1 [amd64])" for p in reversed(FABRIC)], out
     finally:
         server.terminate()
         server.wait(5)
@@ -234,7 +274,8 @@ def test_moving_a_held_580_host_to_590(lab, tmp_path):
     apt = Apt(tmp_path, repo, keyring(tmp_path, repo / "3bf863cc.pub"))
     assert apt.run("update").returncode == 0
     on_580 = [*debs_of("580"), f"nvidia-driver-pinning-580_{V580}_all.deb"]
-    new = ("cuda-drivers-590", "nvidia-fabricmanager-590", "nvidia-driver-pinning-590")
+    new = ("cuda-drivers-590", "nvidia-driver-pinning-590")
+    moved = (*DRIVER_SET, *FABRIC)  # installed at 580, upgraded to 590
     apt.installed(repo, on_580, held=True)
     apt.pin(repo, "580")
     # held: the resolver keeps every held package, even with --allow-change-held-packages
@@ -242,24 +283,106 @@ def test_moving_a_held_580_host_to_590(lab, tmp_path):
     assert rc == 100 and "held packages" in out
     # unheld, but the 580 pin still in place: the new pin must be installed first, in its own apt run
     apt.installed(repo, on_580, held=False)
-    rc, _, out = apt.plan("install", *new)
+    rc, _, out = apt.plan("install", *new, *FABRIC)
     assert rc == 100 and "cuda-drivers-590 : Depends: nvidia-driver-cuda (>= 590.44.01) but 580.95.05-1" in out
     # unheld and pinned to 590: the branch moves, the other branch's packages go
     apt.pin(repo, "590")
-    rc, lines, out = apt.plan("install", *new)
+    rc, lines, out = apt.plan("install", *new, *FABRIC)
     assert rc == 0, out
     assert sorted(lines) == sorted(
-        [f"Remv {p} [{V580}]" for p in ("cuda-drivers-580", "nvidia-fabricmanager-580", "nvidia-driver-pinning-580")]
-        + [f"Inst {p} [{V580}] ({V590} NVIDIA CUDA:localhost [amd64])" for p in DRIVER_SET]
+        [f"Remv {p} [{V580}]" for p in ("cuda-drivers-580", "nvidia-driver-pinning-580")]
+        + [f"Inst {p} [{V580}] ({V590} NVIDIA CUDA:localhost [amd64])" for p in moved]
         + [f"Inst {p} ({V590} NVIDIA CUDA:localhost [{'all' if 'pinning' in p else 'amd64'}])" for p in new])
     # held and every package named (removals too): --allow-change-held-packages moves it
     apt.installed(repo, on_580, held=True)
-    rc, lines, out = apt.plan("--allow-change-held-packages", "install", *new, *DRIVER_SET, "cuda-drivers-580-",
-                              "nvidia-fabricmanager-580-", "nvidia-driver-pinning-580-")
+    rc, lines, out = apt.plan("--allow-change-held-packages", "install", *new, *moved, "cuda-drivers-580-",
+                              "nvidia-driver-pinning-580-")
     assert rc == 0 and len(lines) == 9, out
-    rc, _, out = apt.plan("install", *new, *DRIVER_SET, "cuda-drivers-580-", "nvidia-fabricmanager-580-",
-                          "nvidia-driver-pinning-580-")
+    rc, _, out = apt.plan("install", *new, *moved, "cuda-drivers-580-", "nvidia-driver-pinning-580-")
     assert rc == 100 and "Held packages were changed and -y was used without --allow-change-held-packages" in out
+
+
+def stage_apt_runs(command: str) -> tuple[list[str], list[list[str]]]:
+    """A driver-stage install command (driver.install_command) taken apart: the packages its ``apt-mark unhold``
+    releases, and each ``apt-get install`` run's arguments in order (its options and packages). The kernel
+    headers' ``$h`` is left out: this apt has no Debian archive, so the command's check finds no linux-headers
+    package and leaves ``h`` empty (as on a host whose kernel Debian has no headers for)."""
+    unhold = re.match(r"apt-mark unhold (.*?) >/dev/null && ", command)
+    runs = [[a for a in shlex.split(seg) if a != "$h"]
+            for seg in re.findall(r"apt-get install (.*?)(?= && |; |$)", command)]
+    return (shlex.split(unhold[1]) if unhold else []), runs
+
+
+def named(args: list[str]) -> list[str]:
+    """The packages of an apt-get run's arguments (not its options, nor ``-o``'s values)."""
+    return [a for i, a in enumerate(args) if not a.startswith("-") and (i == 0 or args[i - 1] != "-o")]
+
+
+def test_the_driver_stages_debian_install_commands_resolve_against_it(lab, tmp_path):
+    """driver.install_command's apt runs on Debian, by the real apt on this repository: each pinning-package run
+    really installed (dpkg into a private root whose /etc/apt/preferences.d is this apt's: the pin it installs is
+    in effect in the next run), each driver run simulated (its packages' scripts would run on this machine).
+    A fresh host on branch 580; then that host, its packages held as the stage holds them, moved to 590."""
+    from vlmfleet.driver import driver_packages, install_command, packages_for
+
+    _, repo = lab
+    apt = Apt(tmp_path / "apt", repo, keyring(tmp_path, repo / "3bf863cc.pub"))
+    (apt.d / "etc/preferences.d").rmdir()
+    (apt.root / "etc/apt/preferences.d").mkdir(parents=True)
+    (apt.d / "etc/preferences.d").symlink_to(apt.root / "etc/apt/preferences.d")
+    assert apt.run("update").returncode == 0
+    at = lambda v, arch="amd64": f"({v} NVIDIA CUDA:localhost [{arch}])"  # noqa: E731
+
+    def install_pin(args: list[str], want: list[str]) -> None:
+        rc, lines, out = apt.plan("install", *args)
+        assert rc == 0 and sorted(lines) == sorted(want), out
+        for line in lines:  # dpkg runs no script here: each package installed for real has none
+            if line.startswith("Inst "):
+                name, version = line.split()[1], line.split("(")[1].split()[0]
+                control = tmp_path / f"control-{name}"
+                subprocess.run(["dpkg-deb", "-e", str(repo / f"{name}_{version}_all.deb"), str(control)], check=True)
+                assert {p.name for p in control.iterdir()} <= {"control", "md5sums", "conffiles"}, name
+        proc = apt.run("-y", "install", *args)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    # (1) a fresh host, branch 580: the pin's run, then the driver's with the pin in effect
+    pk = packages_for("debian", "580", "proprietary", "generic")
+    unhold, runs = stage_apt_runs(install_command(pk, pk.fabric))
+    assert not unhold and [named(r) for r in runs] == [[pk.pin], [*pk.driver, *pk.fabric]]
+    install_pin(runs[0], [f"Inst {pk.pin} {at(V580, 'all')}"])
+    assert (apt.root / nvidia_repo.PIN_FILE).read_text() == nvidia_repo.pin_file("580")
+    assert apt.packages() == {pk.pin: V580}  # in the private database
+    rc, lines, out = apt.plan("install", *runs[1])
+    on_580 = [*pk.driver, *DRIVER_SET, *pk.fabric]
+    assert rc == 0 and sorted(lines) == sorted(f"Inst {p} {at(V580)}" for p in on_580), out
+    # without the pin's run the unversioned fabric manager (and the driver's parts) would be 590's
+    (tmp_path / "no-pin").mkdir()
+    rc, lines, out = apt.plan("-o", f"Dir::Etc::PreferencesParts={tmp_path / 'no-pin'}", "install", *runs[1])
+    assert rc == 0 and f"Inst nvidia-fabricmanager {at(V590)}" in lines, out
+
+    # the driver's run done; the stage holds every package of the driver (hold_command: HOLD_PATTERN)
+    apt.add_installed(repo, [f"{p}_{V580}_amd64.deb" for p in on_580])
+    installed = apt.packages()
+    assert installed == {p: V580 for p in (pk.pin, *on_580)}
+    assert apt.run("hold", *driver_packages(installed), tool="apt-mark").returncode == 0
+    assert sorted(apt.held()) == sorted(installed)
+
+    # (2) that host moved to 590: released (the command's apt-mark unhold), the 590 pin's run, the driver's run
+    pk = packages_for("debian", "590", "proprietary", "generic")
+    held = tuple(x for x in driver_packages(installed) if x in apt.held())  # as plan() computes it
+    unhold, runs = stage_apt_runs(install_command(pk, pk.fabric, unhold=held))
+    assert unhold == list(held) and [named(r) for r in runs] == [[pk.pin], [*pk.driver, *pk.fabric]]
+    rc, _, out = apt.plan("install", *runs[0])  # still held: the 580 pin may not go
+    assert rc == 100 and "held packages" in out, out
+    assert apt.run("unhold", *unhold, tool="apt-mark").returncode == 0 and apt.held() == []
+    install_pin(runs[0], [f"Remv nvidia-driver-pinning-580 [{V580}]", f"Inst {pk.pin} {at(V590, 'all')}"])
+    assert (apt.root / nvidia_repo.PIN_FILE).read_text() == nvidia_repo.pin_file("590")
+    rc, lines, out = apt.plan("install", *runs[1])
+    assert rc == 0, out
+    # every part moves to 590; cuda-drivers-580 stays installed (nothing conflicts with it, its ">=" dependencies
+    # hold at 590), a metapackage only, but at version 580.95.05-1
+    assert sorted(lines) == sorted([f"Inst cuda-drivers {at(V590)}"] + [
+        f"Inst {p} [{V580}] {at(V590)}" for p in (*DRIVER_SET, *pk.fabric)]), out
 
 
 def test_fingerprint_and_urls_in_the_inventory_data_are_the_served_keys(lab, tmp_path):

@@ -291,7 +291,8 @@ HOLD_PATTERN = r"^(nvidia-|libnvidia-|cuda-drivers|linux-modules-nvidia-|libxnvc
 
 
 #: packages whose version is the driver's, whichever source installed them (Ubuntu's archive, the CUDA repository)
-DRIVER_MARKERS = r"^(nvidia-utils|nvidia-driver|nvidia-headless|nvidia-compute-utils|libnvidia-compute|cuda-drivers|nvidia-open)"
+#: (not the metapackages cuda-drivers-<B> / nvidia-open-<B>: one of another branch stays behind after a move)
+DRIVER_MARKERS = r"^(nvidia-utils|nvidia-driver(?!-pinning)|nvidia-headless|nvidia-compute-utils|libnvidia-compute)"
 
 
 def installed_version(packages: dict, branch: str) -> str | None:
@@ -460,7 +461,8 @@ def plan(host: str, branch: str, family: str, state: DriverState, pci: tuple[Pci
     p.persistenced = state.persistenced_ours or state.persistence_mode != "Enabled"
     if not p.persistenced:
         p.notes.append("persistence mode is on already (the host's own nvidia-persistenced): its unit is left alone")
-    fabric = tuple(x for x in pk.fabric if x not in state.packages) if fm else ()
+    # a fabric manager package counts only at the branch's version (unversioned names stay on a branch change)
+    fabric = tuple(x for x in pk.fabric if branch_of(upstream(state.packages.get(x, ""))) != branch) if fm else ()
     held = tuple(x for x in ours if x in state.held)
     if p.installed is None:
         p.install = install_command(pk, fabric, unhold=held)

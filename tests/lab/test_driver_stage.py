@@ -28,7 +28,7 @@ BARE = "h4"
 def lab_up(count: int) -> dict:
     import json
 
-    env = dict(os.environ, VLMFLEET_LAB_GPUS=f"{BARE}=8xH100:qwen7b:bare")
+    env = dict(os.environ, VLMFLEET_LAB_GPUS=f"{BARE}=8xH100:qwen72b_awq:bare")
     proc = subprocess.run([*VLMFLEET, "lab", "up", "--hosts", str(count)], capture_output=True, text=True, cwd=REPO,
                           env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -72,7 +72,7 @@ def test_first_run_installs_reboots_once_and_ends_healthy(bare):
     assert "will install driver branch 580 (cuda-drivers-580 from NVIDIA's CUDA repository), fabric manager for 4 " \
            "NVSwitches, then reboot (no NVIDIA kernel module is loaded)" in out
     assert boots() == 2  # exactly one reboot
-    assert f"[{BARE}] vllm-qwen7b healthy: " in out
+    assert f"[{BARE}] vllm-qwen72b-awq healthy: " in out
     assert ssh(data, BARE, "nvidia-smi --query-gpu=driver_version --format=csv,noheader").split() == ["580.95.05"] * 8
     held = ssh(data, BARE, "apt-mark showhold").split()
     assert {"cuda-drivers-580", "nvidia-driver-cuda", "nvidia-kernel-dkms", "nvidia-fabricmanager", "libnvidia-nscq"} <= set(held)

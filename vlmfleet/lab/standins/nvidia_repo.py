@@ -20,7 +20,8 @@ The packages carry NVIDIA's names and versions, for two branches (BRANCHES), and
                                 (/run/vlmfleet-lab-standin/nvidia-loaded, a tmpfs: gone at the next reboot); a new
                                 version is not loaded until the host reboots, as with the real module
     nvidia-persistenced         the persistence daemon stand-in and its unit (not enabled: the driver stage does)
-    nvidia-fabricmanager-<B>    the fabric manager stand-in and its unit nvidia-fabricmanager.service
+    nvidia-fabricmanager        the fabric manager stand-in and its unit nvidia-fabricmanager.service (unversioned
+                                from 580 on, as NVIDIA's; with libnvidia-nscq, both pinned by the pinning package)
 
 ``Packages``/``Release`` are written here (as apt-ftparchive would), the ``.deb`` files by ``dpkg-deb --build``,
 the signatures by ``gpg`` (``InRelease`` clear-signed, ``Release.gpg`` detached). Never used outside the lab.
@@ -172,7 +173,7 @@ def pin_file(branch: str) -> str:
     repository at the branch's versions (priority 1000 also allows going back to it)."""
     return (f"# vlmfleet lab stand-in of NVIDIA's nvidia-driver-pinning-{branch}: track driver branch {branch}\n"
             "Package: cuda-drivers cuda-drivers-* nvidia-driver-cuda nvidia-kernel-dkms nvidia-persistenced "
-            f"nvidia-fabricmanager-*\nPin: version {branch}.*\nPin-Priority: 1000\n")
+            f"nvidia-fabricmanager libnvidia-nscq\nPin: version {branch}.*\nPin-Priority: 1000\n")
 
 
 def packages(branch: str, version: str) -> list[dict]:
@@ -222,8 +223,12 @@ def packages(branch: str, version: str) -> list[dict]:
                    f"{STANDIN_DIR}/persistenced-version": text(u + "\n"),
                    "lib/systemd/system/nvidia-persistenced.service": text(_unit_persistenced())},
          "scripts": {"postinst": POSTINST_RELOAD}},
-        {"name": f"nvidia-fabricmanager-{branch}", "version": version, "arch": "amd64",
-         "fields": {**conflicts("nvidia-fabricmanager-"), "Section": "NVIDIA",
+        # from 580 on NVIDIA's repository names the fabric manager without its branch (its pinning package pins it)
+        {"name": "libnvidia-nscq", "version": version, "arch": "amd64",
+         "fields": {"Section": "NVIDIA", "Description": f"NVSwitch Configuration and Query library ({desc})"},
+         "files": {f"{STANDIN_DIR}/nscq-version": text(u + "\n")}, "scripts": {}},
+        {"name": "nvidia-fabricmanager", "version": version, "arch": "amd64",
+         "fields": {"Depends": f"libnvidia-nscq (= {version})", "Section": "NVIDIA",
                     "Description": f"Fabric Manager for NVSwitch based systems, branch {branch} ({desc})"},
          "files": {"usr/bin/nv-fabricmanager": program("nv-fabricmanager"),
                    f"{STANDIN_DIR}/fabricmanager-version": text(u + "\n"),
