@@ -523,16 +523,28 @@ def test_persistence_daemon_needs_the_loaded_module_of_its_version(lab, tmp_path
     assert refused.stderr.splitlines()[-1] == "nvidia-persistenced failed to initialize. Check syslog for more details."
     assert "Failed to query NVIDIA devices" in refused.stderr
     boot(root)
-    proc = subprocess.Popen([str(root / "usr/bin/nvidia-persistenced"), "--verbose"], stderr=subprocess.PIPE,
-                            text=True, env={"VLMFLEET_LAB_STANDIN_ROOT": str(root)})
+    err = tmp_path / "persistenced.log"
+    with err.open("w") as fh:  # it forks as the real daemon does (Type=forking): the parent exits 0
+        parent = subprocess.run([str(root / "usr/bin/nvidia-persistenced"), "--verbose", "--persistence-mode"],
+                                stderr=fh, env={"VLMFLEET_LAB_STANDIN_ROOT": str(root)}, timeout=10)
+    assert parent.returncode == 0
+    pid = int((root / "var/run/nvidia-persistenced/nvidia-persistenced.pid").read_text())
     try:
-        time.sleep(0.5)
-        assert proc.poll() is None  # it stays running
+        time.sleep(0.3)
+        os.kill(pid, 0)  # the daemon stays running
     finally:
-        proc.send_signal(signal.SIGTERM)
-    assert proc.wait(5) == 0
-    log = proc.stderr.read()
+        os.kill(pid, signal.SIGTERM)
+    for _ in range(50):
+        try:
+            os.kill(pid, 0)
+            time.sleep(0.1)
+        except ProcessLookupError:
+            break
+    else:
+        raise AssertionError("the daemon did not stop on SIGTERM")
+    log = err.read_text()
     assert "device 0000:17:00.0 - registered" in log and "device 0000:18:00.0 - registered" in log
+    assert f"Shutdown ({pid})" in log
     unpack(repo, debs_of("590"), root)  # upgraded, not rebooted
     mismatch = run(root, "usr/bin/nvidia-persistenced")
     assert mismatch.returncode == 1 and "API mismatch: the client has the version 590.44.01, but this kernel " \

@@ -69,10 +69,10 @@ def test_first_run_installs_reboots_once_and_ends_healthy(bare):
     assert boots() == 1
     proc, out = deploy("nvidia_driver_branch=580")
     assert proc.returncode == 0, out[-3000:]
-    assert "will install driver branch 580 (cuda-drivers-580 from NVIDIA's CUDA repository), fabric manager for 4 " \
-           "NVSwitches, then reboot (no NVIDIA kernel module is loaded)" in out
+    assert f"[{BARE}] driver: will install driver branch 580 (cuda-drivers-580 from NVIDIA's CUDA repository), " \
+           "fabric manager for 4 NVSwitches, then reboot (no NVIDIA kernel module is loaded)" in out, out[-3000:]
     assert boots() == 2  # exactly one reboot
-    assert f"[{BARE}] vllm-qwen72b-awq healthy: " in out
+    assert f"[{BARE}] vllm-qwen72b-awq healthy: " in out, out[-3000:]
     assert ssh(data, BARE, "nvidia-smi --query-gpu=driver_version --format=csv,noheader").split() == ["580.95.05"] * 8
     held = ssh(data, BARE, "apt-mark showhold").split()
     assert {"cuda-drivers-580", "nvidia-driver-cuda", "nvidia-kernel-dkms", "nvidia-fabricmanager", "libnvidia-nscq"} <= set(held)
@@ -94,7 +94,7 @@ def test_a_branch_change_reboots_once_more(bare):
     data, _ = bare
     proc, out = deploy("nvidia_driver_branch=590")
     assert proc.returncode == 0, out[-3000:]
-    assert "then reboot (the loaded module is 580.95.05, not branch 590)" in out
+    assert "then reboot (the loaded module is 580.95.05, not branch 590)" in out, out[-3000:]
     assert boots() == 3
     assert ssh(data, BARE, "nvidia-smi --query-gpu=driver_version --format=csv,noheader").split() == ["590.44.01"] * 8
     assert ssh(data, BARE, "systemctl is-active nvidia-fabricmanager").strip() == "active"

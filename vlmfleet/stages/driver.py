@@ -89,8 +89,9 @@ def driver(cfg: HostConfig, plan: drv.DriverPlan | None) -> None:
     if plan.persistenced:
         unit = files.put(name="Run the NVIDIA persistence daemon in persistence mode, from boot", mode="644",
                          dest=drv.PERSISTENCED_UNIT, src=StringIO(drv.persistenced_unit()))
+        systemd.daemon_reload(name="Reload systemd for the persistence daemon's unit", _if=unit.did_change)
         systemd.service(name="Enable the NVIDIA persistence daemon", service=PERSISTENCED, enabled=True,
-                        running=running, daemon_reload=unit.did_change)
+                        running=running)
         if running:
             systemd.service(name="Restart the NVIDIA persistence daemon for its new unit", service=PERSISTENCED,
                             restarted=True, _if=unit.did_change)

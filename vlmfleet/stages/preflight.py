@@ -68,4 +68,6 @@ def preflight(cfg: HostConfig | None, problems: list[Problem]) -> Verdict:
         fail_host(name="Check the data and facts against the profile", reasons=v.problems)
     else:
         host.noop(f"preflight passed: {v.summary}")
+        if v.driver and v.driver.changes:  # said in every run's output, not only with -v: it may reboot the host
+            logger.info(f"    [{host.name}] driver: {v.driver.summary()}")
     return v

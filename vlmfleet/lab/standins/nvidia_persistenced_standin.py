@@ -11,9 +11,10 @@ needs the NVIDIA kernel module, which the lab "loads" at boot (/run/vlmfleet-lab
     otherwise                      "device <bus id> - registered" per GPU of /etc/vlmfleet-lab/gpus.json, then it
                                    stays running until SIGTERM ("Shutdown (<pid>)", exit 0)
 
-One difference: the real daemon forks (``Type=forking`` with a PID file in NVIDIA's unit); this one stays in the
-foreground and its unit says ``Type=simple``. Messages go to stderr (the journal), not to syslog. Options
-(``--verbose``, ``--user NAME``, ...) are accepted and ignored. Never install this on a real server.
+Like the real daemon it forks once it has initialised (``Type=forking`` units, as NVIDIA's and vlmfleet's): the
+parent exits 0, the daemon writes /var/run/nvidia-persistenced/nvidia-persistenced.pid. Messages go to stderr (the
+journal), not to syslog. Options (``--verbose``, ``--user NAME``, ``--persistence-mode``) are accepted and ignored.
+Never install this on a real server.
 
 Test hook: VLMFLEET_LAB_STANDIN_ROOT, a folder that stands for / (unset on lab hosts).
 """
@@ -66,6 +67,14 @@ def main(argv):
     say(f"Started ({os.getpid()})")
     for i in range(len(gpus)):
         say(f"device 0000:{0x17 + i:02x}:00.0 - registered")
+
+    if os.fork():  # the parent: initialised, the daemon runs on (systemd's Type=forking waits for this exit)
+        return 0
+    os.setsid()
+    piddir = ROOT + "/var/run/nvidia-persistenced"
+    os.makedirs(piddir, exist_ok=True)
+    with open(piddir + "/nvidia-persistenced.pid", "w") as fh:
+        fh.write(f"{os.getpid()}\n")
 
     def stop(signum, _frame):
         say(f"Received signal {signum}")

@@ -132,7 +132,8 @@ def _unit_persistenced() -> str:
     return (
         "[Unit]\nDescription=NVIDIA Persistence Daemon (vlmfleet lab STAND-IN)\nWants=syslog.target\n"
         f"After={MODULE_UNIT}\n"
-        "\n[Service]\nType=simple\nExecStart=/usr/bin/nvidia-persistenced --verbose\n"
+        "\n[Service]\nType=forking\nPIDFile=/var/run/nvidia-persistenced/nvidia-persistenced.pid\n"
+        "ExecStart=/usr/bin/nvidia-persistenced --verbose\n"
         "\n[Install]\nWantedBy=multi-user.target\n")
 
 
