@@ -29,6 +29,7 @@ FRESH = drv.DriverState(kernel="6.8.0-45-generic", packages={"linux-image-generi
 SMI_A10 = "0, NVIDIA A10, 23028, 8.6, 580.95.05, 00000000:17:00.0\n1, NVIDIA A10, 23028, 8.6, 580.95.05, 00000000:65:00.0"
 UBUNTU_580 = {"nvidia-utils-580-server": "580.95.05-0ubuntu0.24.04.2", "nvidia-headless-no-dkms-580-server":
               "580.95.05-0ubuntu0.24.04.2", "linux-modules-nvidia-580-server-generic": "6.8.0-45.45+1",
+              "linux-modules-nvidia-580-server-6.8.0-45-generic": "6.8.0-45.45+1",
               "libnvidia-compute-580-server": "580.95.05-0ubuntu0.24.04.2"}
 
 
@@ -139,8 +140,10 @@ def test_installed_but_not_loaded_reboots_without_installing():
 def test_a_branch_change_installs_and_reboots():
     old = {k.replace("580", "570"): v.replace("580.95.05", "570.172.08") for k, v in UBUNTU_580.items()}
     p = plan(state=replace(FRESH, packages=old, held=frozenset(old)), csv=SMI_A10.replace("580.95.05", "570.172.08"))
-    assert p.install.startswith("apt-mark unhold libnvidia-compute-570-server linux-modules-nvidia-570-server-generic "
-                                "nvidia-headless-no-dkms-570-server nvidia-utils-570-server >/dev/null && ")
+    # every held package of the old branch is released first (the flavour metapackage is never held)
+    assert p.install.startswith("apt-mark unhold libnvidia-compute-570-server "
+                                "linux-modules-nvidia-570-server-6.8.0-45-generic nvidia-headless-no-dkms-570-server "
+                                "nvidia-utils-570-server >/dev/null || exit 1; ")
     assert p.reboot == "the loaded module is 570.172.08, not branch 580"
 
 
@@ -153,8 +156,14 @@ def test_a_driver_apt_did_not_install_is_left_alone():
     assert not p.apt_managed and not p.changes
     assert p.notes == ["driver 580.159.04 (branch 580) is loaded and no driver package is installed: it came from "
                        "elsewhere (NVIDIA's .run installer?); left alone — apt must not install over it"]
-    # another branch asked for: apt installs it (and reboots), it cannot be left alone
-    assert drv.plan("@local", "590", "ubuntu", s, drv.parse_pci((H200 / "pci.txt").read_text()), smi, None).reboot
+    # another branch asked for: apt must not install over it; the host fails naming the fix
+    with pytest.raises(drv.DriverError, match=r"^@local: driver 580.159.04 is loaded and no driver package is "
+                                              r"installed .* — fix: uninstall it first \(nvidia-uninstall\), or "
+                                              r"nvidia_driver_branch = '580'$"):
+        drv.plan("@local", "590", "ubuntu", s, drv.parse_pci((H200 / "pci.txt").read_text()), smi, None)
+    # the packages purged, the module still loaded, nvidia-smi gone: not "left alone" — installed again
+    gone = drv.plan("@local", "580", "ubuntu", s, drv.parse_pci((H200 / "pci.txt").read_text()), None, None)
+    assert gone.apt_managed and gone.install
 
 
 def test_nvswitch_systems_get_the_fabric_manager():
@@ -395,3 +404,56 @@ def test_a_debian_branch_change_moves_the_unversioned_fabric_manager_too():
     back = plan(state=replace(FRESH, packages=after), family="debian", branch="580", pci=HGX_H100,
                 csv=SMI_A10.replace("580.95.05", "590.44.01"))
     assert back.install and back.reboot == "the loaded module is 590.44.01, not branch 580"
+
+
+def test_the_drain_before_a_reboot(tmp_path):
+    """Where the drain agent runs, the state file says drain for drain_s before the reboot; elsewhere nothing."""
+    state = tmp_path / "run/vlmfleet/gateway-agent"
+    cmd = drv.drain_command(str(state), "vlmfleet-agent.service", 0)
+    assert cmd == (f"if systemctl is-active --quiet vlmfleet-agent.service; then mkdir -p {tmp_path}/run/vlmfleet && "
+                   f"echo drain > {state} && echo 'draining: the gateways send this replica nothing new; rebooting in "
+                   "0s' && sleep 0; else echo 'no drain agent runs here (vlmfleet-agent.service is not active): "
+                   "nothing to drain'; fi")
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    for active in (True, False):
+        state.unlink(missing_ok=True)
+        (bin_ / "systemctl").write_text(f"#!/bin/sh\nexit {0 if active else 3}\n")
+        (bin_ / "systemctl").chmod(0o755)
+        r = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True,
+                           env={**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}"})
+        assert r.returncode == 0 and state.exists() is active
+        assert ("draining" if active else "nothing to drain") in r.stdout
+
+
+def test_a_kernel_update_gets_its_module_package_and_the_flavour_meta_is_never_held():
+    state = replace(FRESH, kernel="6.8.0-50-generic", packages=UBUNTU_580, held=frozenset(UBUNTU_580))
+    p = plan(state=state, error="NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.")
+    assert p.install and "linux-modules-nvidia-580-server-\"$k\"" in p.install and p.reboot
+    assert p.notes[-1] == ("the running kernel 6.8.0-50-generic has no NVIDIA 580 module package "
+                           "(linux-modules-nvidia-580-server-6.8.0-50-generic): installed for it")
+    assert "linux-modules-nvidia-580-server-generic" not in drv.driver_packages(UBUNTU_580)
+    assert "linux-modules-nvidia-580-server-6.8.0-45-generic" in drv.driver_packages(UBUNTU_580)
+    assert "grep -vE '^linux-modules-nvidia-[0-9]+-server(-open)?-[a-z]'" in drv.hold_command()
+
+
+def test_a_retired_ubuntu_branch_fails_naming_the_branch_it_became():
+    retired = {"nvidia-utils-550-server": "580.95.05-0ubuntu0.24.04.2"}  # Canonical's transitional package
+    with pytest.raises(drv.DriverError, match=r"^h1: data key 'nvidia_driver_branch' = '550': the packages named for "
+                                              r"branch 550 install branch 580 \(a retired branch\) — fix: "
+                                              r"nvidia_driver_branch = '580'$"):
+        plan(state=replace(FRESH, packages=retired), branch="550")
+
+
+def test_a_daemon_that_is_not_running_after_the_reboot_fails_the_check(tmp_path):
+    for rc, state in ((0, "active"), (3, "failed")):
+        (tmp_path / "systemctl").write_text(f"#!/bin/sh\n[ \"$2\" = --quiet ] && exit {rc}; echo {state}\n")
+        (tmp_path / "journalctl").write_text("#!/bin/sh\necho 'nv-fabricmanager: NVSwitch devices not found'\n")
+        for name in ("systemctl", "journalctl"):
+            (tmp_path / name).chmod(0o755)
+        r = subprocess.run(["sh", "-c", drv.active_command("nvidia-fabricmanager.service")], capture_output=True,
+                           text=True, env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
+        assert r.returncode == (0 if rc == 0 else 1)
+        if rc:
+            assert r.stderr.splitlines() == ["vlmfleet: nvidia-fabricmanager.service is not running after the reboot "
+                                             "(failed):", "nv-fabricmanager: NVSwitch devices not found"]

@@ -307,7 +307,7 @@ def stage_apt_runs(command: str) -> tuple[list[str], list[list[str]]]:
     releases, and each ``apt-get install`` run's arguments in order (its options and packages). The kernel
     headers' ``$h`` is left out: this apt has no Debian archive, so the command's check finds no linux-headers
     package and leaves ``h`` empty (as on a host whose kernel Debian has no headers for)."""
-    unhold = re.match(r"apt-mark unhold (.*?) >/dev/null && ", command)
+    unhold = re.match(r"apt-mark unhold (.*?) >/dev/null \|\| exit 1; ", command)
     runs = [[a for a in shlex.split(seg) if a != "$h"]
             for seg in re.findall(r"apt-get install (.*?)(?= && |; |$)", command)]
     return (shlex.split(unhold[1]) if unhold else []), runs

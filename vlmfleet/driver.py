@@ -305,9 +305,15 @@ def installed_version(packages: dict, branch: str) -> str | None:
     return max(found, key=lambda v: tuple(int(x) for x in re.findall(r"\d+", v))) if found else None
 
 
+#: Ubuntu's module metapackage of a kernel flavour (linux-modules-nvidia-580-server-generic): never held, so it
+#: follows the kernel metapackage and brings the next kernel's module package with it
+FLAVOUR_META = re.compile(r"^linux-modules-nvidia-[0-9]+-server(-open)?-[a-z]")
+
+
 def driver_packages(packages: dict) -> list[str]:
     """The installed packages a hold covers (HOLD_PATTERN), sorted."""
     return sorted(p for p in packages if re.match(HOLD_PATTERN, p) and p != "nvidia-container-toolkit"
+                  and not FLAVOUR_META.match(p)
                   and not p.startswith("nvidia-container-toolkit") and not p.startswith("libnvidia-container"))
 
 
@@ -327,7 +333,7 @@ def install_command(pk: Packages, extra: tuple[str, ...] = (), driver: bool = Tr
     apt = ("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "
            "--allow-change-held-packages -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold")
     base = " ".join(shlex.quote(p) for p in (pk.driver if driver else ()) + tuple(extra))
-    release = f"apt-mark unhold {' '.join(shlex.quote(p) for p in unhold)} >/dev/null && " if unhold else ""
+    release = f"apt-mark unhold {' '.join(shlex.quote(p) for p in unhold)} >/dev/null || exit 1; " if unhold else ""
     if not driver:
         return f"{release}{apt} {base}"
     if pk.modules:
@@ -347,6 +353,7 @@ def hold_command() -> str:
     kernel module under a running server; the list is read on the host, after the install."""
     return ("dpkg-query -W -f '${db:Status-Abbrev} ${Package}\\n' | awk '$1 ~ /^[hi]i/ {print $2}' "
             f"| grep -E {shlex.quote(HOLD_PATTERN)} | grep -vE '^(nvidia-container-toolkit|libnvidia-container)' "
+            f"| grep -vE {shlex.quote(FLAVOUR_META.pattern)} "
             "| xargs -r apt-mark hold")
 
 
@@ -376,6 +383,23 @@ def check_command(branch: str, gpus: int, installed: str | None = None) -> str:
             f"if ! {cond}; then echo \"vlmfleet: the loaded NVIDIA driver is $v, not {want}\" >&2; exit 1; fi; "
             f"if [ \"$n\" -ne {gpus} ]; then echo \"vlmfleet: nvidia-smi lists $n GPUs, the PCI bus has {gpus}\" >&2; "
             "exit 1; fi; echo \"NVIDIA driver $v answers for $n GPUs\"")
+
+
+def drain_command(agent_state: str, agent_unit: str, drain_s: int) -> str:
+    """Before a reboot where the gateways' drain agent runs: tell them to send this replica nothing new, and give
+    in-flight requests ``drain_s`` to finish. The state file is in /run: the reboot clears it (``ready``), and the
+    gateways' health checks take the replica back once it serves again."""
+    return (f"if systemctl is-active --quiet {shlex.quote(agent_unit)}; then mkdir -p "
+            f"{shlex.quote(agent_state.rsplit('/', 1)[0])} && echo drain > {shlex.quote(agent_state)} && "
+            f"echo 'draining: the gateways send this replica nothing new; rebooting in {drain_s}s' && sleep {drain_s}; "
+            f"else echo 'no drain agent runs here ({agent_unit} is not active): nothing to drain'; fi")
+
+
+def active_command(unit: str) -> str:
+    """Fail, with the unit's last journal lines, unless ``unit`` is active (e.g. after a reboot)."""
+    u = shlex.quote(unit)
+    return (f"systemctl is-active --quiet {u} || {{ echo \"vlmfleet: {unit} is not running after the reboot "
+            f"($(systemctl is-active {u})):\" >&2; journalctl -u {u} -b --no-pager -n 5 -q >&2; exit 1; }}")
 
 
 # ---- the decision ------------------------------------------------------------------------------------------
@@ -448,7 +472,18 @@ def plan(host: str, branch: str, family: str, state: DriverState, pci: tuple[Pci
     p.loaded = loaded
     mismatch = bool(gpu_error and MISMATCH in gpu_error)
     ours = driver_packages(state.packages)
-    if p.installed is None and branch_of(loaded) == branch and not mismatch and not ours:
+    answering = smi_version(gpu_csv)
+    moved = sorted({branch_of(upstream(v)) for x, v in state.packages.items() if re.match(DRIVER_MARKERS, x)
+                    and re.search(rf"-{branch}(-server)?(-open)?$", x) and branch_of(upstream(v)) != branch})
+    if moved:  # Ubuntu turns a retired branch's packages into empty ones that pull the next branch
+        raise DriverError(f"{host}: data key 'nvidia_driver_branch' = '{branch}': the packages named for branch "
+                          f"{branch} install branch {', '.join(moved)} (a retired branch) — fix: nvidia_driver_branch "
+                          f"= '{moved[-1]}'")
+    if answering and not ours and branch_of(answering) != branch:
+        raise DriverError(f"{host}: driver {answering} is loaded and no driver package is installed (NVIDIA's .run "
+                          f"installer?): apt must not install branch {branch} over it — fix: uninstall it first "
+                          f"(nvidia-uninstall), or nvidia_driver_branch = '{branch_of(answering)}'")
+    if p.installed is None and branch_of(answering) == branch and not ours:
         # a working driver of the branch that apt did not install (NVIDIA's .run installer, a vendor image)
         p.apt_managed = False
         p.notes.append(f"driver {loaded} (branch {branch}) is loaded and no driver package is installed: it came "
@@ -464,9 +499,16 @@ def plan(host: str, branch: str, family: str, state: DriverState, pci: tuple[Pci
     # a fabric manager package counts only at the branch's version (unversioned names stay on a branch change)
     fabric = tuple(x for x in pk.fabric if branch_of(upstream(state.packages.get(x, ""))) != branch) if fm else ()
     held = tuple(x for x in ours if x in state.held)
-    if p.installed is None:
+    # Ubuntu: the running kernel needs its own module package (precompiled) or DKMS; a kernel update without it
+    # would boot with no module at all
+    no_module = bool(pk.kernel_modules_prefix and p.installed and state.kernel
+                     and f"{pk.kernel_modules_prefix}-{state.kernel}" not in state.packages
+                     and pk.dkms not in state.packages)
+    if p.installed is None or no_module:
         p.install = install_command(pk, fabric, unhold=held)
-        p.notes.append(f"branch {branch} is not installed ({', '.join(pk.driver)} from {pk.source})")
+        p.notes.append(f"branch {branch} is not installed ({', '.join(pk.driver)} from {pk.source})"
+                       if p.installed is None else f"the running kernel {state.kernel} has no NVIDIA {branch} module "
+                       f"package ({pk.kernel_modules_prefix}-{state.kernel}): installed for it")
     elif fabric:
         p.install = install_command(pk, fabric, driver=False, unhold=held)
     if fm:

@@ -64,7 +64,7 @@ def _isolated(tmp_path, **extra):
     """Settings for a second, separate lab that must fail before it changes anything."""
     env = {"VLMFLEET_LAB_DIR": str(tmp_path / "lab"), "VLMFLEET_LAB_NET": "10.79.0",
            "VLMFLEET_LAB_BRIDGE": "vlmtest0", "VLMFLEET_LAB_APT_PORT": "3199", "VLMFLEET_LAB_REGISTRY_PORT": "5099",
-           "VLMFLEET_LAB_HUB_PORT": "8099", "VLMFLEET_LAB_PYPI_PORT": "3198"}
+           "VLMFLEET_LAB_HUB_PORT": "8099", "VLMFLEET_LAB_PYPI_PORT": "3198", "VLMFLEET_LAB_NVIDIA_REPO_PORT": "8098"}
     env.update(extra)
     return env
 

@@ -54,11 +54,13 @@ def main(argv: list[str] | None = None) -> int:
             Path(cg, "cgroup.procs").write_text(str(os.getpid()))
 
     boots = 0
-    while True:
+    while not state["stopping"]:
         boots += 1
         Path(args.boots).write_text(f"{boots}\n")
         argv_ = ["unshare", "--time", f"--boottime=-{uptime_s()}", *nspawn]
         state["child"] = subprocess.Popen(argv_, preexec_fn=enter_cgroup, stdin=subprocess.DEVNULL)
+        if state["stopping"]:  # the signal came while it started: it gets it now
+            state["child"].send_signal(signal.SIGTERM)
         rc = state["child"].wait()
         if state["stopping"] or rc != REBOOT_STATUS:
             print(f"vlmfleet lab supervisor: systemd-nspawn exited with {rc} after boot {boots}; not restarting",
@@ -66,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if state["stopping"] else (rc if rc >= 0 else 128 - rc)
         print(f"vlmfleet lab supervisor: the host rebooted (nspawn exit {rc}); boot {boots + 1}", flush=True)
         time.sleep(0.5)  # nspawn's own teardown of the previous boot's mounts
+    return 0  # stopped between two boots
 
 
 if __name__ == "__main__":

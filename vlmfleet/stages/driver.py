@@ -43,7 +43,7 @@ def _cuda_repository(cfg: HostConfig, os_id: str, os_version: str, machine: str)
 
 
 @deploy("Driver")
-def driver(cfg: HostConfig, plan: drv.DriverPlan | None) -> None:
+def driver(cfg: HostConfig, plan: drv.DriverPlan | None, defer: bool = False) -> None:
     """Bring the host to the pinned driver branch, short of the reboot: nouveau blacklisted, the packages
     installed from Ubuntu's archive (precompiled modules, DKMS only without them) or NVIDIA's CUDA repository
     (Debian), held, the persistence daemon and the fabric manager enabled. Whether the host then reboots was
@@ -51,6 +51,8 @@ def driver(cfg: HostConfig, plan: drv.DriverPlan | None) -> None:
 
     + cfg: the host's configuration (``cfg.nvidia_driver_branch``, the repository keys)
     + plan: preflight's driver plan, None when ``nvidia_driver_branch`` is unset
+    + defer: the host serves and will reboot: its packages install in its batch (``reboot_into_driver``), so a
+      rollout that stops before the batch leaves it as it was
     """
     if plan is None:
         host.noop("nvidia_driver_branch is unset: the driver stage changes nothing (the host's driver is its own)")
@@ -70,37 +72,57 @@ def driver(cfg: HostConfig, plan: drv.DriverPlan | None) -> None:
                      _if=nouveau.did_change, _timeout=pyinfra_timeout(600))
     else:
         host.noop("no nouveau to blacklist (the kernel has no nouveau module, or it is blacklisted already)")
-    if plan.install:
-        changed = _cuda_repository(cfg, os_id, os_version, plan.arch) if plan.family == "debian" else []
+    if plan.install and plan.family == "debian":
+        changed = _cuda_repository(cfg, os_id, os_version, plan.arch)
         if changed:
             bounded_apt_update(cfg, "Update apt after adding NVIDIA's CUDA repository", _if=any_changed(*changed))
-        bounded_apt_update(cfg, "Update apt's package lists (bounded in time, 3 tries)", cache_time=3600)
+    if plan.install and defer:
+        host.noop(f"NVIDIA driver {plan.branch} installs in this host's rollout batch, just before its reboot: it "
+                  "serves, and new driver libraries beside the loaded module would break its next container start")
+    else:
+        _install(cfg, plan)
+        _enable_daemons(cfg, plan)
+
+
+def _install(cfg: HostConfig, plan: drv.DriverPlan, **when) -> None:
+    """The packages (when the plan installs any) and the hold."""
+    if plan.install:
+        bounded_apt_update(cfg, "Update apt's package lists (bounded in time, 3 tries)", cache_time=3600,
+                           **{k: v for k, v in when.items() if k != "_timeout"})
         what = ", ".join(plan.packages.driver) if plan.installed is None else ", ".join(plan.packages.fabric)
         server.shell(name=f"Install NVIDIA driver {plan.branch} ({what} from {plan.packages.source})",
-                     commands=[plan.install], _timeout=pyinfra_timeout(max(1800, cfg.apt_timeout_s * 3)))
+                     commands=[plan.install], **{**when, "_timeout": pyinfra_timeout(max(1800, cfg.apt_timeout_s * 3))})
     else:
         host.noop(f"NVIDIA driver {plan.installed or plan.loaded} (branch {plan.branch}) is already installed")
     if plan.hold:
         server.shell(name="Hold the NVIDIA driver's packages (apt-mark hold: no upgrade moves the kernel module)",
-                     commands=[drv.hold_command()])
+                     commands=[drv.hold_command()], **when)
     else:
         host.noop("the NVIDIA driver's packages are already held")
-    running = None if plan.reboot else True  # before the reboot no module answers: enable only
+
+
+def _enable_daemons(cfg: HostConfig, plan: drv.DriverPlan, **when) -> None:
+    """The persistence daemon (vlmfleet's unit) and the fabric manager enabled; started only when no reboot
+    follows (before it no module answers)."""
+    running = None if plan.reboot else True
+    gate = list(when.pop("_if", None) or [])
     if plan.persistenced:
         unit = files.put(name="Run the NVIDIA persistence daemon in persistence mode, from boot", mode="644",
-                         dest=drv.PERSISTENCED_UNIT, src=StringIO(drv.persistenced_unit()))
-        systemd.daemon_reload(name="Reload systemd for the persistence daemon's unit", _if=unit.did_change)
+                         dest=drv.PERSISTENCED_UNIT, src=StringIO(drv.persistenced_unit()), _if=gate or None,
+                         **when)
+        systemd.daemon_reload(name="Reload systemd for the persistence daemon's unit", _if=[*gate, unit.did_change],
+                              **when)
         systemd.service(name="Enable the NVIDIA persistence daemon", service=PERSISTENCED, enabled=True,
-                        running=running)
+                        running=running, _if=gate or None, **when)
         if running:
             systemd.service(name="Restart the NVIDIA persistence daemon for its new unit", service=PERSISTENCED,
-                            restarted=True, _if=unit.did_change)
+                            restarted=True, _if=[*gate, unit.did_change], **when)
     if plan.fabricmanager:
         systemd.service(name=f"Enable the NVIDIA fabric manager ({plan.nvswitches} NVSwitches)",
-                        service=FABRICMANAGER, enabled=True, running=running)
+                        service=FABRICMANAGER, enabled=True, running=running, _if=gate or None, **when)
 
 
-def reboot_into_driver(cfg: HostConfig, plan: drv.DriverPlan, batch: int, **when) -> list:
+def reboot_into_driver(cfg: HostConfig, plan: drv.DriverPlan, batch: int, install: bool = False, **when) -> list:
     """In the host's rollout batch: reboot when the plan says the loaded module is missing or not the installed
     one (pyinfra's reboot, bounded by ``nvidia_reboot_timeout_s``), then check nvidia-smi answers with the
     branch for every GPU and the daemons run. Until that check passes the host counts as failed, so a host
@@ -109,6 +131,7 @@ def reboot_into_driver(cfg: HostConfig, plan: drv.DriverPlan, batch: int, **when
 
     + plan: preflight's driver plan; nothing happens unless ``plan.reboot``
     + batch: the host's batch (0 = the first)
+    + install: the packages were deferred to the batch (``driver(defer=True)``): install and hold them first
     + when: e.g. ``_if=[rollout.may_restart(k)]`` and the stage's ``_timeout``
     """
     from pyinfra.operations import python
@@ -120,19 +143,29 @@ def reboot_into_driver(cfg: HostConfig, plan: drv.DriverPlan, batch: int, **when
         host.noop(f"no reboot: the loaded NVIDIA driver is {plan.loaded}, the installed one")
         return []
     target = plan.installed or f"branch {plan.branch}"
+    if install:
+        _install(cfg, plan, **when)
+        _enable_daemons(cfg, plan, **when)
     python.call(name="Note the reboot (the rollout stops if the host does not come back)", **when,
                 function=rollout.record(ro.FAILED, f"rebooted into NVIDIA driver {target} and did not come back "
                                         "with it", batch))
+    if rollout.drain_args(cfg):  # the inventory has a gateway: drain this replica first, as a restart does
+        from ..gateway import AGENT_UNIT
+
+        server.shell(name="Drain this replica from the gateways before the reboot", **when,
+                     commands=[drv.drain_command(cfg.paths.agent_state, f"{AGENT_UNIT}.service", cfg.gateway_drain_s)])
     bounded = {k: v for k, v in when.items() if k != "_timeout"}
-    reboot = server.reboot(name=f"Reboot into NVIDIA driver {target} ({plan.reboot})", delay=10, interval=2,
-                           reboot_timeout=cfg.nvidia_reboot_timeout_s, _timeout=cfg.nvidia_reboot_timeout_s + 120,
-                           **bounded)
+    # pyinfra's wait counts tries (reboot_timeout / interval), each a connect of up to CONNECT_TIMEOUT (10 s)
+    # plus the interval: tries of at most 15 s, as many as fit in nvidia_reboot_timeout_s
+    interval = 5
+    reboot = server.reboot(name=f"Reboot into NVIDIA driver {target} ({plan.reboot})", delay=10, interval=interval,
+                           reboot_timeout=max(interval, cfg.nvidia_reboot_timeout_s * interval // (interval + 10)),
+                           _timeout=cfg.nvidia_reboot_timeout_s + 120, **bounded)
     server.shell(name=f"Check nvidia-smi answers with driver {target} for {plan.gpus} GPUs",
                  commands=[drv.check_command(plan.branch, plan.gpus, plan.installed)], **when)
-    if plan.persistenced:
-        systemd.service(name="Check the NVIDIA persistence daemon runs", service=PERSISTENCED, running=True, **when)
-    if plan.fabricmanager:
-        systemd.service(name="Check the NVIDIA fabric manager runs", service=FABRICMANAGER, running=True, **when)
+    for unit, on in ((PERSISTENCED, plan.persistenced), (FABRICMANAGER, plan.fabricmanager)):
+        if on:  # a check, not a start: a daemon that failed at boot fails the host, with its last words
+            server.shell(name=f"Check {unit} runs after the reboot", commands=[drv.active_command(unit)], **when)
     python.call(name="Note the host is back with its driver", **when,
                 function=rollout.record(ro.UPDATED, f"rebooted into NVIDIA driver {target}", batch))
     return [reboot]

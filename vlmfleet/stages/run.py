@@ -60,8 +60,9 @@ def run_stages(only: list[str] | None = None) -> None:
     daemon: list = []
     # the driver before everything else; its reboot waits for the host's batch (a reboot stops the server)
     rebooting = "driver" in wanted and verdict.driver is not None and bool(verdict.driver.reboot)
+    defer = rebooting and serving  # a serving host gets the new driver in its batch, not before the rollout
     if "driver" in wanted:
-        driver(cfg, verdict.driver, **bound)
+        driver(cfg, verdict.driver, defer=defer, **bound)
     if "base" in wanted:
         if serving:
             daemon = base(cfg, hold_restart=True, **bound)
@@ -87,7 +88,8 @@ def run_stages(only: list[str] | None = None) -> None:
         for k in host.loop(range(len(plan_batches))):
             rollout.batch_gate(k, len(plan_batches), tuple(plan_batches[k]), name=f"Begin rollout batch {k + 1}")
             if k == mine and rebooting:
-                started += reboot_into_driver(cfg, verdict.driver, k, _if=[rollout.may_restart(k)], **bound)
+                started += reboot_into_driver(cfg, verdict.driver, k, install=defer, _if=[rollout.may_restart(k)],
+                                              **bound)
             if k == mine and release is not None:
                 if daemon:
                     gate = [rollout.may_restart(k)]
