@@ -245,7 +245,6 @@ class Packages:
       in the archive decides precompiled vs DKMS, e.g. ``"linux-modules-nvidia-580-server"``
     + dkms: the fallback, e.g. ``"nvidia-dkms-580-server"``
     + fabric: the fabric manager's packages of the branch
-    + marker: the installed package whose version is the driver's, e.g. ``"nvidia-utils-580-server"``
     + source: where they come from, for messages; pin: e.g. ``"nvidia-driver-pinning-590"`` (Debian, 590 on)
     """
 
@@ -254,7 +253,6 @@ class Packages:
     kernel_modules_prefix: str | None
     dkms: str | None
     fabric: tuple[str, ...]
-    marker: str
     source: str
     pin: str | None = None  # installed first, in its own apt run: it pins the unversioned packages to the branch
 
@@ -273,7 +271,6 @@ def packages_for(family: str, branch: str, modules: str, flavour: str) -> Packag
             kernel_modules_prefix=f"linux-modules-nvidia-{branch}-server{open_}",
             dkms=f"nvidia-dkms-{branch}-server{open_}",
             fabric=(f"nvidia-fabricmanager-{branch}", f"libnvidia-nscq-{branch}"),
-            marker=f"nvidia-utils-{branch}-server",
             source="Ubuntu's archive")
     # the versioned metapackage alone is not a pin: its dependencies are ">=", so apt would take the newest branch's
     # packages; NVIDIA's pinning package of the branch goes first, in its own apt run
@@ -282,7 +279,6 @@ def packages_for(family: str, branch: str, modules: str, flavour: str) -> Packag
     return Packages(driver=(meta,) if new else (f"{meta}-{branch}",), modules=None, kernel_modules_prefix=None,
                     dkms=None, fabric=("nvidia-fabricmanager", "libnvidia-nscq") if int(branch) >= 580
                     else (f"nvidia-fabricmanager-{branch}", f"libnvidia-nscq-{branch}"),
-                    marker=meta if new else f"{meta}-{branch}",
                     source="NVIDIA's CUDA repository", pin=f"nvidia-driver-pinning-{branch}")
 
 
