@@ -355,7 +355,7 @@ def hold_command() -> str:
 
 def key_command(key_url: str, fingerprint: str, keyring: str = CUDA_KEYRING) -> str:
     """Fetch the repository key, refuse it unless its fingerprint is the pinned one, install it dearmoured."""
-    return (f"t=$(mktemp) && curl -fsSL --retry 3 {shlex.quote(key_url)} -o \"$t\" && "
+    return (f"t=$(mktemp) && curl -fsSL --retry 3 --connect-timeout 20 --max-time 120 {shlex.quote(key_url)} -o \"$t\" && "
             f"got=$(gpg --show-keys --with-colons \"$t\" | awk -F: '$1 == \"fpr\" {{print $10; exit}}') && "
             f"if [ \"$got\" != {shlex.quote(fingerprint)} ]; then echo \"vlmfleet: the key at {key_url} has "
             f"fingerprint ${{got:-none}}, not the pinned {fingerprint} (nvidia_cuda_repo_key_fingerprint): refused\" "
