@@ -70,6 +70,7 @@ def test_the_state_of_the_real_h200():
     assert s.proc_version == "580.159.04"  # the open module's line: "... Open Kernel Module for x86_64  580.159.04"
     assert s.persistence_mode == "Enabled" and not s.persistenced_ours
     assert not (s.nouveau_loaded or s.nouveau_module or s.nouveau_blacklisted)
+    assert s.proc_open is True and not s.secure_boot and s.sources == ()  # no EFI firmware there, no apt source
 
 
 def test_the_state_script_sections_of_an_ubuntu_box():
@@ -77,12 +78,22 @@ def test_the_state_script_sections_of_an_ubuntu_box():
             "linux-image-generic-hwe-24.04 6.8.0-45.45\n== held\nnvidia-utils-580-server\n== nouveau\nloaded 1\n"
             "module /lib/modules/6.8.0-45-generic/kernel/drivers/gpu/drm/nouveau/nouveau.ko.zst\nblacklisted \n"
             "== persistence\nmode \nunit \n== loaded\nNVRM version: NVIDIA UNIX x86_64 Kernel Module  580.95.05  Tue "
-            "Jul 15 2025\n== units\nnvidia-persistenced enabled active\nnvidia-fabricmanager missing \n")
+            "Jul 15 2025\n== secureboot\nstate 1\nmok /var/lib/dkms/mok.pub is already enrolled\n== sources\n"
+            "/etc/apt/sources.list.d/cuda-ubuntu2404-x86_64.list:deb [signed-by=/usr/share/keyrings/cuda-archive-"
+            "keyring.gpg] https://developer.download.nvidia.com/compute/cuda/repos/ubuntu2404/x86_64/ /\n"
+            "/etc/apt/sources.list.d/nvidia.sources:URIs: https://mirror.example/cuda/ubuntu2404/x86_64/\n"
+            "/etc/apt/sources.list.d/nvidia.sources:Signed-By: /etc/apt/keyrings/nvidia.gpg\n")
     s = drv.parse_state(text)
     assert s.packages == {"nvidia-utils-580-server": "580.95.05-0ubuntu1", "linux-image-generic-hwe-24.04": "6.8.0-45.45"}
     assert s.held == {"nvidia-utils-580-server"} and s.nouveau_loaded and s.nouveau_module
     assert s.proc_version == "580.95.05" and s.persistence_mode is None
-    assert s.units == {"nvidia-persistenced": ("enabled", "active"), "nvidia-fabricmanager": ("missing", "")}
+    assert s.proc_open is False and s.secure_boot and s.mok_enrolled
+    assert s.sources == (
+        drv.AptSource("/etc/apt/sources.list.d/cuda-ubuntu2404-x86_64.list",
+                      "https://developer.download.nvidia.com/compute/cuda/repos/ubuntu2404/x86_64/",
+                      "/usr/share/keyrings/cuda-archive-keyring.gpg"),
+        drv.AptSource("/etc/apt/sources.list.d/nvidia.sources", "https://mirror.example/cuda/ubuntu2404/x86_64/",
+                      "/etc/apt/keyrings/nvidia.gpg"))
     assert drv.kernel_flavour(s.kernel, s.packages, "24.04") == "generic-hwe-24.04"
     assert drv.kernel_flavour("6.8.0-1015-aws", {}, "24.04") == "aws"
     assert drv.kernel_flavour("6.8.0-1015-aws", {}, "24.04", wanted="generic") == "generic"
@@ -176,7 +187,9 @@ def test_nvswitch_systems_get_the_fabric_manager():
     # the driver is there, the fabric manager is not: only it is installed, no reboot
     state = replace(FRESH, packages=UBUNTU_580, held=frozenset(UBUNTU_580))
     p = plan(state=state, pci=HGX_H100, csv=SMI_A10)
-    assert p.install.endswith("--force-confold nvidia-fabricmanager-580 libnvidia-nscq-580") and not p.reboot
+    # at exactly the installed driver's version: the fabric manager refuses to start beside another
+    assert p.install.endswith("--force-confold 'nvidia-fabricmanager-580=580.95.05-*' 'libnvidia-nscq-580=580.95.05-*'")
+    assert not p.reboot
 
 
 def test_nouveau_is_blacklisted_where_it_exists_and_reboots_when_loaded():
@@ -227,6 +240,86 @@ def test_the_install_command_picks_precompiled_or_dkms_on_the_host(tmp_path):
         assert r.returncode == 0, r.stderr
         assert want in log.read_text() and ("DKMS" in r.stderr) is (not has)
         assert ("linux-headers-6.8.0-45-generic" in log.read_text()) is (not has)
+    # Secure Boot on and DKMS's key not enrolled: the precompiled, signed modules as before; without them the
+    # command fails before apt runs at all (a DKMS module would not load), naming the fix
+    cmd = drv.install_command(drv.packages_for("ubuntu", "580", "proprietary", "generic"), secure_boot=True)
+    for has in (True, False):
+        (bin_ / "apt-cache").write_text("#!/bin/sh\n" + ("echo 'Package: x'\n" if has else "exit 100\n"))
+        log.write_text("")
+        r = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True,
+                           env={**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}"})
+        assert r.returncode == (0 if has else 1), r.stderr
+        assert ("linux-modules-nvidia-580-server-6.8.0-45-generic" in log.read_text()) is has
+        if not has:
+            assert log.read_text() == "" and r.stderr.strip() == (
+                "vlmfleet: the archive has no precompiled NVIDIA module for kernel 6.8.0-45-generic, and "
+                + drv.SECURE_BOOT_DKMS)
+
+
+def test_switching_between_proprietary_and_open_modules():
+    """nvidia_driver_modules names a kind: a host with the other kind installed gets it (its packages released
+    first) and reboots; auto keeps what is installed."""
+    state = replace(FRESH, packages=UBUNTU_580, held=frozenset(UBUNTU_580), persistenced_ours=True, proc_open=False)
+    assert drv.installed_kind(UBUNTU_580, "580") == "proprietary" and drv.installed_kind(UBUNTU_580, "590") is None
+    for same in ("auto", "proprietary"):
+        assert not plan(state=state, csv=SMI_A10, modules=same).changes
+    p = plan(state=state, csv=SMI_A10, modules="open")
+    assert p.install.startswith("apt-mark unhold ") and "nvidia-headless-no-dkms-580-server-open nvidia-utils-580-server " \
+        "linux-modules-nvidia-580-server-open-generic linux-modules-nvidia-580-server-open-\"$k\"" in p.install
+    assert p.reboot == "the loaded module is the proprietary one, nvidia_driver_modules = 'open'" and p.hold
+    assert p.notes[-1] == ("the installed driver 580.95.05 has proprietary kernel modules, nvidia_driver_modules = "
+                           "'open': nvidia-headless-no-dkms-580-server-open, nvidia-utils-580-server replace them")
+    # installed but not yet rebooted into: the reboot alone
+    opened = {k.replace("-server-", "-server-open-").replace("no-dkms-580-server", "no-dkms-580-server-open"): v
+              for k, v in UBUNTU_580.items()}
+    assert drv.installed_kind(opened, "580") == "open"
+    p = plan(state=replace(state, packages=opened, held=frozenset(opened)), csv=SMI_A10, modules="open")
+    assert not p.install and p.reboot == "the loaded module is the proprietary one, nvidia_driver_modules = 'open'"
+    # Debian, NVIDIA's open modules installed and loaded; auto keeps them, proprietary replaces them
+    debian = {"nvidia-open-580": "580.95.05-1", "nvidia-kernel-open-dkms": "580.95.05-1",
+              "nvidia-driver-cuda": "580.95.05-1"}
+    deb = replace(FRESH, packages=debian, held=frozenset(debian), persistenced_ours=True, proc_open=True)
+    assert not plan(state=deb, csv=SMI_A10, family="debian").changes
+    p = plan(state=deb, csv=SMI_A10, family="debian", modules="proprietary")
+    assert p.install.endswith("--force-confold cuda-drivers-580 $h")
+    assert p.reboot == "the loaded module is the open one, nvidia_driver_modules = 'proprietary'"
+    assert drv.installed_kind({**debian, "nvidia-kernel-dkms": "580.95.05-1"}, "580") == "mixed"
+
+
+def test_secure_boot_without_an_enrolled_dkms_key_stops_a_debian_install_before_it():
+    sb = replace(FRESH, secure_boot=True)
+    with pytest.raises(drv.DriverError, match=r"^h1: data key 'nvidia_driver_branch' = '580': NVIDIA's CUDA "
+                                              r"repository builds the driver's module with DKMS, and Secure Boot is "
+                                              r"on: .* — fix: enroll it .*mokutil --import /var/lib/dkms/mok.pub"):
+        plan(state=sb, family="debian")
+    assert plan(state=replace(sb, mok_enrolled=True), family="debian").install  # enrolled: DKMS's modules load
+    # Ubuntu: the precompiled modules are signed by Canonical; only the DKMS fallback is refused (on the host)
+    assert drv.SECURE_BOOT_DKMS in plan(state=sb).install
+    assert drv.SECURE_BOOT_DKMS not in plan(state=replace(sb, mok_enrolled=True)).install
+    # nothing to install: Secure Boot does not matter
+    done = replace(sb, packages={"cuda-drivers-580": "580.95.05-1", "nvidia-driver-cuda": "580.95.05-1",
+                                 "nvidia-kernel-dkms": "580.95.05-1"})
+    assert not plan(state=done, family="debian", csv=SMI_A10).install
+
+
+def test_a_cuda_repository_the_host_has_already_is_used_not_added_twice():
+    """cuda-keyring's source (or a site's own) for the same repository: apt refuses one repository with two keys,
+    so vlmfleet adds none of its own."""
+    url = "https://developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64"
+    theirs = drv.AptSource("/etc/apt/sources.list.d/cuda-debian12-x86_64.list", url + "/",
+                           "/usr/share/keyrings/cuda-archive-keyring.gpg")
+    template = "https://developer.download.nvidia.com/compute/cuda/repos/{distro}/{arch}/"
+    p = drv.plan("h1", "580", "debian", replace(FRESH, sources=(theirs,)), drv.parse_pci(A10X2), None, None,
+                 os_version="12", cuda_repo_url=template)
+    assert p.cuda_source == theirs.file and p.install
+    assert p.notes[0] == ("NVIDIA's CUDA repository is configured already in /etc/apt/sources.list.d/cuda-debian12-"
+                          "x86_64.list (signed by /usr/share/keyrings/cuda-archive-keyring.gpg; cuda-keyring's?): "
+                          "vlmfleet uses it and adds no source of its own (apt refuses one repository with two keys)")
+    ours = drv.AptSource(drv.CUDA_SOURCES, url + "/", drv.CUDA_KEYRING)
+    mirror = drv.AptSource("/etc/apt/sources.list.d/mirror.list", "https://mirror.example/cuda/debian12/x86_64/")
+    for sources in ((ours,), (mirror,), ()):
+        assert drv.plan("h1", "580", "debian", replace(FRESH, sources=sources), drv.parse_pci(A10X2), None, None,
+                        os_version="12", cuda_repo_url=template).cuda_source is None
 
 
 def _gpg_key(home: Path) -> tuple[Path, str]:

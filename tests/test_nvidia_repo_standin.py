@@ -385,6 +385,31 @@ def test_the_driver_stages_debian_install_commands_resolve_against_it(lab, tmp_p
         f"Inst {p} [{V580}] {at(V590)}" for p in (*DRIVER_SET, *pk.fabric)]), out
 
 
+def test_the_fabric_manager_added_to_an_installed_driver_takes_exactly_its_version(lab, tmp_path):
+    """A Debian host whose 580.95.05 driver is installed, without the branch's pin, gets NVSwitches (or
+    nvidia_fabricmanager = true): the stage's command (driver.plan) asks for the fabric manager at exactly the
+    installed version, which the real apt selects although its candidate is 590's."""
+    from vlmfleet import driver as drv
+
+    _, repo = lab
+    apt = Apt(tmp_path / "apt", repo, keyring(tmp_path, repo / "3bf863cc.pub"))
+    assert apt.run("update").returncode == 0
+    on_580 = {p: V580 for p in ("cuda-drivers-580", *DRIVER_SET)}
+    switches = "\n".join(f'0000:0{i}:00.0 "0680" "10de" "22a3"' for i in range(5, 9))
+    smi = "0, NVIDIA H100 80GB HBM3, 81559, 9.0, 580.95.05, 00000000:18:00.0"
+    p = drv.plan("h4", "580", "debian", drv.DriverState(kernel="6.1.0-28-amd64", packages=on_580),
+                 drv.parse_pci('0000:18:00.0 "0302" "10de" "2330"\n' + switches), smi, None, os_version="12")
+    assert not p.reboot and p.fabricmanager
+    unhold, runs = stage_apt_runs(p.install)
+    assert not unhold and [named(r) for r in runs] == [["nvidia-fabricmanager=580.95.05-*", "libnvidia-nscq=580.95.05-*"]]
+    apt.installed(repo, [f"{x}_{V580}_amd64.deb" for x in on_580], held=False)
+    at = lambda v: f"({v} NVIDIA CUDA:localhost [amd64])"  # noqa: E731
+    rc, lines, out = apt.plan("install", *runs[0])
+    assert rc == 0 and sorted(lines) == [f"Inst libnvidia-nscq {at(V580)}", f"Inst nvidia-fabricmanager {at(V580)}"], out
+    rc, lines, out = apt.plan("install", *FABRIC)  # the bare names: the newest branch's
+    assert rc == 0 and f"Inst nvidia-fabricmanager {at(V590)}" in lines, out
+
+
 def test_fingerprint_and_urls_in_the_inventory_data_are_the_served_keys(lab, tmp_path):
     cfg, repo = lab
     shown = subprocess.run(["gpg", "--batch", "--show-keys", "--with-colons", str(repo / "3bf863cc.pub")],

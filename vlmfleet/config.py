@@ -524,8 +524,10 @@ SETTINGS: tuple[Setting, ...] = (
             "hold) and reboots into, e.g. '580'; unset: the stage changes nothing and preflight needs a working "
             "driver. At least the image's minimum (0.33 images: 580, the 0.8.2 image: 550)", example="580",
             check=_driver_branch),
-    Setting("nvidia_driver_modules", "proprietary", "str", "kernel modules of the driver: 'proprietary' or "
-            "'open' (NVIDIA's open GPU kernel modules, Turing and newer)", choices=("proprietary", "open")),
+    Setting("nvidia_driver_modules", "auto", "str", "kernel modules of the driver: 'proprietary' or 'open' "
+            "(NVIDIA's open GPU kernel modules, Turing and newer); a host with the other kind installed is switched "
+            "(and reboots); auto: the kind installed already, else proprietary",
+            choices=("auto", "proprietary", "open")),
     Setting("nvidia_kernel_flavour", "auto", "str", "Ubuntu kernel flavour of the precompiled modules "
             "(linux-modules-nvidia-<branch>-server-<flavour>), e.g. 'generic', 'aws', 'generic-hwe-24.04'; auto: "
             "from the running kernel and the installed kernel metapackage", check=_flavour),

@@ -38,7 +38,8 @@ PCI_QUERY = (
     "printf '%s \"%s\" \"10de\" \"%s\"\\n' \"${d##*/}\" \"$(echo $c | cut -c3-6)\" \"${v#0x}\"; done; fi"
 )
 
-#: the driver's state in sections, one command: kernel, architecture, packages, holds, modules, loaded version
+#: the driver's state in sections, one command: kernel, architecture, packages, holds, nouveau, persistence, the
+#: loaded module, Secure Boot (and whether DKMS's signing key is enrolled), the apt sources naming cuda or nvidia
 STATE_SCRIPT = (
     "echo '== kernel'; uname -r; echo '== arch'; uname -m; "
     "echo '== packages'; dpkg-query -W -f '${db:Status-Abbrev} ${Package} ${Version}\\n' "
@@ -52,9 +53,11 @@ STATE_SCRIPT = (
     "echo '== persistence'; echo \"mode $(nvidia-smi --query-gpu=persistence_mode --format=csv,noheader "
     "2>/dev/null | head -1)\"; echo \"unit $(grep -ls vlmfleet /etc/systemd/system/nvidia-persistenced.service)\"; "
     "echo '== loaded'; head -1 /proc/driver/nvidia/version 2>/dev/null || true; "
-    "echo '== units'; for u in nvidia-persistenced nvidia-fabricmanager; do "
-    "printf '%s %s %s\\n' \"$u\" \"$(systemctl is-enabled $u.service 2>/dev/null || echo missing)\" "
-    "\"$(systemctl is-active $u.service 2>/dev/null)\"; done"
+    "echo '== secureboot'; echo \"state $(od -An -tu1 -j4 -N1 "
+    "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c 2>/dev/null | tr -d ' ')\"; "
+    "echo \"mok $(mokutil --test-key /var/lib/dkms/mok.pub 2>/dev/null | head -1)\"; "
+    "echo '== sources'; for f in $(grep -lsiE 'cuda|nvidia' /etc/apt/sources.list /etc/apt/sources.list.d/*); do "
+    "grep -HE '^[[:space:]]*(deb |URIs:|Signed-By:)' \"$f\"; done; true"
 )
 
 #: nvidia-smi's own words when no kernel module answers, and when the module is not the library's version
@@ -134,7 +137,10 @@ class DriverState:
     persistence_mode: str | None = None  # nvidia-smi's persistence_mode of GPU 0: "Enabled" / "Disabled"
     persistenced_ours: bool = False  # /etc/systemd/system/nvidia-persistenced.service is vlmfleet's
     proc_version: str | None = None  # /proc/driver/nvidia/version's version, when a module is loaded
-    units: dict = field(default_factory=dict)  # unit -> (enabled state, active state)
+    proc_open: bool | None = None  # the loaded module is the open one ("Open Kernel Module"); None: none loaded
+    secure_boot: bool = False  # the firmware enforces Secure Boot (its SecureBoot EFI variable is 1)
+    mok_enrolled: bool = False  # DKMS's signing key (/var/lib/dkms/mok.pub) is enrolled (mokutil --test-key)
+    sources: tuple = ()  # AptSource of every apt source file naming cuda or nvidia
 
 
 def parse_state(text: str | None) -> DriverState:
@@ -152,21 +158,59 @@ def parse_state(text: str | None) -> DriverState:
         name, _, version = line.partition(" ")
         packages[name] = version.strip()
     loaded = re.search(r"Kernel Module\s+(?:for \S+\s+)?(\d+\.\d+(?:\.\d+)?)", first("loaded"))
-    units = {}
-    for line in sections.get("units", []):
-        parts = line.split()
-        if parts:
-            units[parts[0]] = (parts[1] if len(parts) > 1 else "missing", parts[2] if len(parts) > 2 else "")
+
     def pairs(name: str) -> dict[str, str]:
         return {k: v.strip() for k, _, v in (line.partition(" ") for line in sections.get(name, []))}
 
-    nouveau, persistence = pairs("nouveau"), pairs("persistence")
+    nouveau, persistence, boot = pairs("nouveau"), pairs("persistence"), pairs("secureboot")
     return DriverState(kernel=first("kernel"), arch=first("arch") or "x86_64", packages=packages,
                        held=frozenset(sections.get("held", [])),
                        nouveau_loaded=nouveau.get("loaded", "0").isdigit() and int(nouveau.get("loaded", "0")) > 0,
                        nouveau_module=bool(nouveau.get("module")), nouveau_blacklisted=nouveau.get("blacklisted") or None,
                        persistence_mode=persistence.get("mode") or None, persistenced_ours=bool(persistence.get("unit")),
-                       proc_version=loaded[1] if loaded else None, units=units)
+                       proc_version=loaded[1] if loaded else None,
+                       proc_open=("Open Kernel Module" in first("loaded")) if loaded else None,
+                       secure_boot=boot.get("state") == "1", mok_enrolled="is already enrolled" in boot.get("mok", ""),
+                       sources=parse_sources(sections.get("sources", [])))
+
+
+@dataclass(frozen=True)
+class AptSource:
+    """One repository of an apt source file, e.g. ``AptSource("/etc/apt/sources.list.d/cuda-debian12-x86_64.list",
+    "https://developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64/",
+    "/usr/share/keyrings/cuda-archive-keyring.gpg")`` (what NVIDIA's cuda-keyring package writes)."""
+
+    file: str
+    url: str
+    signed_by: str | None = None
+
+
+def parse_sources(lines: list[str]) -> tuple[AptSource, ...]:
+    """The ``== sources`` section: ``FILE:deb [signed-by=K] URL SUITE`` lines (one-line style) and ``FILE:URIs: URL``
+    with ``FILE:Signed-By: K`` (deb822 ``.sources`` files)."""
+    out: list[AptSource] = []
+    deb822: dict[str, dict] = {}
+    for line in lines:
+        file, sep, rest = line.partition(":")
+        rest = rest.strip()
+        if not sep:
+            continue
+        m = re.match(r"^deb\s+(?:\[([^\]]*)\]\s+)?(\S+)", rest)
+        if m:
+            opts = dict(o.partition("=")[::2] for o in (m[1] or "").split())
+            out.append(AptSource(file, m[2], opts.get("signed-by")))
+        elif rest.startswith("URIs:"):
+            deb822.setdefault(file, {})["urls"] = rest[5:].split()
+        elif rest.startswith("Signed-By:"):
+            deb822.setdefault(file, {})["key"] = rest[10:].strip() or None
+    for file, d in deb822.items():
+        out += [AptSource(file, url, d.get("key")) for url in d.get("urls", [])]
+    return tuple(out)
+
+
+def same_repository(a: str, b: str) -> bool:
+    """Two source URLs apt takes for one repository (a trailing slash does not count)."""
+    return a.rstrip("/") == b.rstrip("/")
 
 
 def smi_version(gpu_csv: str | None) -> str | None:
@@ -291,6 +335,25 @@ HOLD_PATTERN = r"^(nvidia-|libnvidia-|cuda-drivers|linux-modules-nvidia-|libxnvc
 DRIVER_MARKERS = r"^(nvidia-utils|nvidia-driver(?!-pinning)|nvidia-headless|nvidia-compute-utils|libnvidia-compute)"
 
 
+#: the kernel module packages of each kind (Ubuntu's archive, NVIDIA's CUDA repository)
+MODULE_KINDS = {
+    "open": re.compile(r"^(nvidia-kernel-open-dkms|nvidia-headless-no-dkms-\d+-server-open|nvidia-dkms-\d+-server-open"
+                       r"|linux-modules-nvidia-\d+-server-open-.+)$"),
+    "proprietary": re.compile(r"^(nvidia-kernel-dkms|nvidia-headless-no-dkms-\d+-server|nvidia-dkms-\d+-server"
+                              r"|linux-modules-nvidia-\d+-server-(?!open-).+)$"),
+}
+
+
+def installed_kind(packages: dict, branch: str) -> str | None:
+    """Which kernel modules apt installed for ``branch``: ``"open"``, ``"proprietary"``, ``"mixed"`` (both), or None.
+
+    + packages: installed package -> version, e.g. ``{"nvidia-kernel-open-dkms": "580.95.05-1"}`` (open)
+    """
+    kinds = {kind for p, v in packages.items() for kind, rx in MODULE_KINDS.items()
+             if rx.match(p) and (f"-{branch}-" in p or branch_of(upstream(v)) == branch)}
+    return kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else None)
+
+
 def installed_version(packages: dict, branch: str) -> str | None:
     """The driver version of ``branch`` apt has installed (the newest, when several packages say), else None.
 
@@ -314,7 +377,7 @@ def driver_packages(packages: dict) -> list[str]:
 
 
 def install_command(pk: Packages, extra: tuple[str, ...] = (), driver: bool = True,
-                    unhold: tuple[str, ...] = ()) -> str:
+                    unhold: tuple[str, ...] = (), secure_boot: bool = False) -> str:
     """The shell command that installs ``pk`` non-interactively (held packages of another branch may move).
 
     On Ubuntu it asks the archive, on the host and at install time, whether the running kernel has precompiled
@@ -325,6 +388,8 @@ def install_command(pk: Packages, extra: tuple[str, ...] = (), driver: bool = Tr
     + driver: False: only ``extra`` (the driver is installed already)
     + unhold: held packages of the driver now installed (another branch): released first, as apt moves held
       packages only when each is named; the stage holds the new ones after
+    + secure_boot: the firmware enforces Secure Boot and DKMS's key is not enrolled: Ubuntu's DKMS fallback fails
+      before installing anything (its module would not load), naming the fix
     """
     apt = ("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "
            "--allow-change-held-packages -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold")
@@ -336,12 +401,23 @@ def install_command(pk: Packages, extra: tuple[str, ...] = (), driver: bool = Tr
         per_kernel = f'{pk.kernel_modules_prefix}-"$k"'
         return (f"{release}k=$(uname -r); if apt-cache show --no-all-versions {per_kernel} 2>/dev/null | grep -q '^Package:'; then "
                 f"{apt} {base} {pk.modules} {per_kernel}; "
-                f'else echo "vlmfleet: the archive has no precompiled NVIDIA module for kernel $k: building it with '
-                f'DKMS ({pk.dkms})" >&2; {apt} {base} {pk.dkms} linux-headers-"$k"; fi')
+                + (f'else echo "vlmfleet: the archive has no precompiled NVIDIA module for kernel $k, and {SECURE_BOOT_DKMS}" '
+                   ">&2; exit 1; fi" if secure_boot else
+                   f'else echo "vlmfleet: the archive has no precompiled NVIDIA module for kernel $k: building it with '
+                   f'DKMS ({pk.dkms})" >&2; {apt} {base} {pk.dkms} linux-headers-"$k"; fi'))
     return (release + 'k=$(uname -r); if apt-cache show --no-all-versions linux-headers-"$k" 2>/dev/null | grep -q "^Package:"; '
             'then h=linux-headers-"$k"; else '
             'h=; echo "vlmfleet: no linux-headers-$k package: DKMS needs the running kernel\'s headers to build the '
             'module" >&2; fi; ' + (f"{apt} {pk.pin} && " if pk.pin else "") + f"{apt} {base} $h")
+
+
+#: why a DKMS module cannot serve under Secure Boot until DKMS's key is enrolled, and the fix (no backquotes: it is
+#: echoed by the shell)
+SECURE_BOOT_DKMS = ("Secure Boot is on: a module DKMS builds is signed with this host's own key "
+                    "(/var/lib/dkms/mok.pub), which the firmware refuses until it is enrolled — fix: enroll it "
+                    "(dkms generate_mok creates it where it is missing, DKMS 3.1 and later; mokutil --import "
+                    "/var/lib/dkms/mok.pub, then confirm in the MOK manager at the console on the next boot), or turn "
+                    "Secure Boot off in the firmware, then run again")
 
 
 def hold_command() -> str:
@@ -423,6 +499,7 @@ class DriverPlan:
     blacklist_nouveau: bool = False  # write NOUVEAU_CONF: the kernel has nouveau, nothing blacklists it yet
     persistenced: bool = True  # write vlmfleet's persistence daemon unit (False: persistence mode is on already)
     installed: str | None = None  # the installed driver version (upstream), when the packages are there
+    cuda_source: str | None = None  # another apt source file has NVIDIA's CUDA repository (cuda-keyring's): used
     loaded: str | None = None  # what answers now (nvidia-smi / /proc), None: nothing
     notes: list[str] = field(default_factory=list)
 
@@ -445,15 +522,19 @@ class DriverPlan:
 
 
 def plan(host: str, branch: str, family: str, state: DriverState, pci: tuple[PciDevice, ...],
-         gpu_csv: str | None, gpu_error: str | None, modules: str = "proprietary", flavour: str = "auto",
-         os_version: str = "", fabricmanager="auto") -> DriverPlan:
+         gpu_csv: str | None, gpu_error: str | None, modules: str = "auto", flavour: str = "auto",
+         os_version: str = "", fabricmanager="auto", cuda_repo_url: str | None = None) -> DriverPlan:
     """Decide what the driver stage does on ``host``.
 
     + branch: the pinned ``nvidia_driver_branch``, e.g. ``"580"``
     + family: ``"ubuntu"`` or ``"debian"`` (os_family)
     + state: parse_state of the host; pci: parse_pci of the host
     + gpu_csv / gpu_error: the preflight nvidia-smi query's output, or its error text (None / None: no nvidia-smi)
+    + modules: the ``nvidia_driver_modules`` data: ``"auto"`` (the installed kind, else proprietary), ``"open"``
+      or ``"proprietary"`` (a host with the other kind installed is switched, and reboots)
     + fabricmanager: the ``nvidia_fabricmanager`` data: ``"auto"`` (on NVSwitch systems), True or False
+    + cuda_repo_url: the ``nvidia_cuda_repo_url`` data (a template), to find the repository in the host's own
+      apt sources (Debian)
     """
     if not any(d.is_gpu for d in pci):
         raise DriverError(f"{host}: the PCI bus shows no NVIDIA GPU (lspci -d 10de: lists none) — fix: check the "
@@ -461,6 +542,9 @@ def plan(host: str, branch: str, family: str, state: DriverState, pci: tuple[Pci
     gpus = sum(d.is_gpu for d in pci)
     switches = sum(d.is_nvswitch for d in pci)
     fm = bool(switches) if fabricmanager == "auto" else bool(fabricmanager)
+    kind = installed_kind(state.packages, branch) if installed_version(state.packages, branch) else None
+    if modules == "auto":
+        modules = kind if kind in ("open", "proprietary") else "proprietary"
     pk = packages_for(family, branch, modules, kernel_flavour(state.kernel, state.packages, os_version, flavour))
     p = DriverPlan(branch=branch, family=family, arch=state.arch, packages=pk, gpus=gpus, nvswitches=switches, fabricmanager=fm)
     p.installed = installed_version(state.packages, branch)
@@ -492,21 +576,42 @@ def plan(host: str, branch: str, family: str, state: DriverState, pci: tuple[Pci
     p.persistenced = state.persistenced_ours or state.persistence_mode != "Enabled"
     if not p.persistenced:
         p.notes.append("persistence mode is on already (the host's own nvidia-persistenced): its unit is left alone")
-    # a fabric manager package counts only at the branch's version (unversioned names stay on a branch change)
-    fabric = tuple(x for x in pk.fabric if branch_of(upstream(state.packages.get(x, ""))) != branch) if fm else ()
+    # a fabric manager package counts only at the driver's version: unversioned names stay on a branch change, and
+    # the fabric manager refuses to start beside a driver of another version
+    have = lambda x: upstream(state.packages.get(x, ""))  # noqa: E731
+    fabric = tuple(x for x in pk.fabric if (have(x) != p.installed if p.installed else branch_of(have(x)) != branch)
+                   ) if fm else ()
+    if family == "debian" and cuda_repo_url:
+        url = fill(cuda_repo_url, family, os_version, state.arch)
+        other = [s for s in state.sources if same_repository(s.url, url) and s.file != CUDA_SOURCES]
+        if other:
+            p.cuda_source = other[0].file
+            p.notes.append(f"NVIDIA's CUDA repository is configured already in {other[0].file} (signed by "
+                           f"{other[0].signed_by or 'apt’s trusted keys'}; cuda-keyring's?): vlmfleet uses it and adds "
+                           "no source of its own (apt refuses one repository with two keys)")
+    switch = bool(kind and kind != modules)
+    if state.secure_boot and not state.mok_enrolled and family == "debian" and (p.installed is None or switch):
+        raise DriverError(f"{host}: data key 'nvidia_driver_branch' = '{branch}': NVIDIA's CUDA repository builds "
+                          f"the driver's module with DKMS, and {SECURE_BOOT_DKMS}")
     held = tuple(x for x in ours if x in state.held)
     # Ubuntu: the running kernel needs its own module package (precompiled) or DKMS; a kernel update without it
     # would boot with no module at all
     no_module = bool(pk.kernel_modules_prefix and p.installed and state.kernel
                      and f"{pk.kernel_modules_prefix}-{state.kernel}" not in state.packages
                      and pk.dkms not in state.packages)
-    if p.installed is None or no_module:
-        p.install = install_command(pk, fabric, unhold=held)
+    sb = state.secure_boot and not state.mok_enrolled  # Ubuntu's DKMS fallback then fails, naming the fix
+    if p.installed is None or no_module or switch:
+        p.install = install_command(pk, fabric, unhold=held, secure_boot=sb)
         p.notes.append(f"branch {branch} is not installed ({', '.join(pk.driver)} from {pk.source})"
-                       if p.installed is None else f"the running kernel {state.kernel} has no NVIDIA {branch} module "
+                       if p.installed is None else
+                       f"the installed driver {p.installed} has {kind} kernel modules, nvidia_driver_modules = "
+                       f"{modules!r}: {', '.join(pk.driver)} replace them" if switch else
+                       f"the running kernel {state.kernel} has no NVIDIA {branch} module "
                        f"package ({pk.kernel_modules_prefix}-{state.kernel}): installed for it")
     elif fabric:
-        p.install = install_command(pk, fabric, driver=False, unhold=held)
+        # the driver stays: the fabric manager of exactly its version (apt's candidate may be newer)
+        p.install = install_command(pk, tuple(f"{x}={p.installed}-*" for x in fabric), driver=False, unhold=held)
+        p.notes.append(f"the fabric manager is added at the installed driver's version {p.installed}")
     if fm:
         p.notes.append(f"{switches} NVSwitches on the PCI bus: the fabric manager ({', '.join(pk.fabric)}) runs "
                        "before any CUDA work" if switches else "fabric manager on (nvidia_fabricmanager)")
@@ -522,6 +627,9 @@ def plan(host: str, branch: str, family: str, state: DriverState, pci: tuple[Pci
         p.reboot = f"the installed driver {want} is not loaded"
     elif want and loaded != want:
         p.reboot = f"the loaded module is {loaded}, the installed driver {want}"
+    elif state.proc_open is not None and ("open" if state.proc_open else "proprietary") != modules:
+        p.reboot = (f"the loaded module is the {'open' if state.proc_open else 'proprietary'} one, "
+                    f"nvidia_driver_modules = {modules!r}")
     if state.nouveau_loaded and not p.reboot:
         p.reboot = "nouveau holds the GPUs"
     return p

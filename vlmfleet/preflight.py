@@ -180,7 +180,7 @@ def check(cfg: HostConfig, facts: HostFacts) -> Verdict:
                                    parse_state(facts.driver_state), parse_pci(facts.pci_text), facts.gpu_csv,
                                    facts.gpu_error, modules=cfg.nvidia_driver_modules,
                                    flavour=cfg.nvidia_kernel_flavour, os_version=facts.os_version or "",
-                                   fabricmanager=cfg.nvidia_fabricmanager)
+                                   fabricmanager=cfg.nvidia_fabricmanager, cuda_repo_url=cfg.nvidia_cuda_repo_url)
         except DriverError as exc:
             v.problems.append(str(exc))
             return v

@@ -45,8 +45,8 @@ def bare(lab):
     lab_up(3)
 
 
-def deploy(*data: str) -> tuple[subprocess.CompletedProcess, str]:
-    proc = run_pyinfra("-y", "inventories/lab.py", "deploys/vlm.py", "--limit", BARE,
+def deploy(*data: str, file: str = "deploys/vlm.py") -> tuple[subprocess.CompletedProcess, str]:
+    proc = run_pyinfra("-y", "inventories/lab.py", file, "--limit", BARE,
                        *(a for d in data for a in ("--data", d)), check=False)
     return proc, proc.stdout + proc.stderr
 
@@ -91,10 +91,16 @@ def test_second_run_changes_nothing_and_does_not_reboot(bare):
 
 
 def test_a_branch_change_reboots_once_more(bare):
+    """deploys/driver.py alone, on the host that serves now: the packages install in its batch, and the batch
+    ends only when the server is healthy again after the reboot."""
     data, _ = bare
-    proc, out = deploy("nvidia_driver_branch=590")
+    proc, out = deploy("nvidia_driver_branch=590", file="deploys/driver.py")
     assert proc.returncode == 0, out[-3000:]
     assert "then reboot (the loaded module is 580.95.05, not branch 590)" in out, out[-3000:]
+    assert "NVIDIA driver 590 installs in this host's rollout batch, just before its reboot" in out, out[-3000:]
+    ran = [r.operation for r in parse_results(out) if r.changed]
+    assert ran.index("Reboot into NVIDIA driver branch 590 (the loaded module is 580.95.05, not branch 590)") < \
+        ran.index("Check vllm-qwen72b-awq serves again after the reboot (within its deadline)"), ran
     assert boots() == 3
     assert ssh(data, BARE, "nvidia-smi --query-gpu=driver_version --format=csv,noheader").split() == ["590.44.01"] * 8
     assert ssh(data, BARE, "systemctl is-active nvidia-fabricmanager").strip() == "active"

@@ -72,7 +72,13 @@ def driver(cfg: HostConfig, plan: drv.DriverPlan | None, defer: bool = False) ->
                      _if=nouveau.did_change, _timeout=pyinfra_timeout(600))
     else:
         host.noop("no nouveau to blacklist (the kernel has no nouveau module, or it is blacklisted already)")
-    if plan.install and plan.family == "debian":
+    if plan.install and plan.family == "debian" and plan.cuda_source:
+        # the host's own source for the repository (preflight's note names it): a second one of ours would make apt
+        # refuse both ("Conflicting values set for option Signed-By")
+        ours = files.file(name="Remove vlmfleet's CUDA repository source (the host has its own)", path=drv.CUDA_SOURCES,
+                          present=False)
+        bounded_apt_update(cfg, "Update apt after removing vlmfleet's CUDA repository source", _if=ours.did_change)
+    elif plan.install and plan.family == "debian":
         changed = _cuda_repository(cfg, os_id, os_version, plan.arch)
         if changed:
             bounded_apt_update(cfg, "Update apt after adding NVIDIA's CUDA repository", _if=any_changed(*changed))
@@ -122,7 +128,8 @@ def _enable_daemons(cfg: HostConfig, plan: drv.DriverPlan, **when) -> None:
                         service=FABRICMANAGER, enabled=True, running=running, _if=gate or None, **when)
 
 
-def reboot_into_driver(cfg: HostConfig, plan: drv.DriverPlan, batch: int, install: bool = False, **when) -> list:
+def reboot_into_driver(cfg: HostConfig, plan: drv.DriverPlan, batch: int, install: bool = False, server_plan=None,
+                       **when) -> list:
     """In the host's rollout batch: reboot when the plan says the loaded module is missing or not the installed
     one (pyinfra's reboot, bounded by ``nvidia_reboot_timeout_s``), then check nvidia-smi answers with the
     branch for every GPU and the daemons run. Until that check passes the host counts as failed, so a host
@@ -132,6 +139,9 @@ def reboot_into_driver(cfg: HostConfig, plan: drv.DriverPlan, batch: int, instal
     + plan: preflight's driver plan; nothing happens unless ``plan.reboot``
     + batch: the host's batch (0 = the first)
     + install: the packages were deferred to the batch (``driver(defer=True)``): install and hold them first
+    + server_plan: the host's planner result when its server ran before the reboot: the server must be healthy
+      again (vlmfleet-health, within its deadline) before the batch counts as done, so a driver the model cannot
+      serve on stops the rollout before the next batch reboots
     + when: e.g. ``_if=[rollout.may_restart(k)]`` and the stage's ``_timeout``
     """
     from pyinfra.operations import python
@@ -166,6 +176,12 @@ def reboot_into_driver(cfg: HostConfig, plan: drv.DriverPlan, batch: int, instal
     for unit, on in ((PERSISTENCED, plan.persistenced), (FABRICMANAGER, plan.fabricmanager)):
         if on:  # a check, not a start: a daemon that failed at boot fails the host, with its last words
             server.shell(name=f"Check {unit} runs after the reboot", commands=[drv.active_command(unit)], **when)
+    if server_plan is not None:
+        from .health import health_command
+
+        server.shell(name=f"Check {cfg.service} serves again after the reboot (within its deadline)", **bounded,
+                     commands=[health_command(cfg, server_plan.version.metrics, cfg.deadline_s) + " >/dev/null"],
+                     _timeout=pyinfra_timeout(cfg.deadline_s + 240))
     python.call(name="Note the host is back with its driver", **when,
                 function=rollout.record(ro.UPDATED, f"rebooted into NVIDIA driver {target}", batch))
     return [reboot]

@@ -56,11 +56,14 @@ def run_stages(only: list[str] | None = None) -> None:
     started: list = []
     # a dockerd restart restarts the vLLM container: on a host that serves it waits for the host's batch, with the
     # image pull (which may need the new daemon.json: a mirror, a registry); elsewhere it happens here
-    serving = "service" in wanted and bool((host.get_fact(SystemdStatus) or {}).get(cfg.paths.unit_name))
-    daemon: list = []
     # the driver before everything else; its reboot waits for the host's batch (a reboot stops the server)
     rebooting = "driver" in wanted and verdict.driver is not None and bool(verdict.driver.reboot)
-    defer = rebooting and serving  # a serving host gets the new driver in its batch, not before the rollout
+    has_server = ("service" in wanted or rebooting) and bool(
+        (host.get_fact(SystemdStatus) or {}).get(cfg.paths.unit_name))
+    serving = "service" in wanted and has_server
+    daemon: list = []
+    # a host whose server runs gets the new driver in its batch, not before the rollout (deploys/driver.py alone too)
+    defer = rebooting and has_server
     if "driver" in wanted:
         driver(cfg, verdict.driver, defer=defer, **bound)
     if "base" in wanted:
@@ -89,7 +92,7 @@ def run_stages(only: list[str] | None = None) -> None:
             rollout.batch_gate(k, len(plan_batches), tuple(plan_batches[k]), name=f"Begin rollout batch {k + 1}")
             if k == mine and rebooting:
                 started += reboot_into_driver(cfg, verdict.driver, k, install=defer, _if=[rollout.may_restart(k)],
-                                              **bound)
+                                              server_plan=verdict.plan if has_server else None, **bound)
             if k == mine and release is not None:
                 if daemon:
                     gate = [rollout.may_restart(k)]
