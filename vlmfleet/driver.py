@@ -586,8 +586,9 @@ def plan(host: str, branch: str, family: str, state: DriverState, pci: tuple[Pci
         other = [s for s in state.sources if same_repository(s.url, url) and s.file != CUDA_SOURCES]
         if other:
             p.cuda_source = other[0].file
+            key = other[0].signed_by or "apt's trusted keys"
             p.notes.append(f"NVIDIA's CUDA repository is configured already in {other[0].file} (signed by "
-                           f"{other[0].signed_by or 'apt’s trusted keys'}; cuda-keyring's?): vlmfleet uses it and adds "
+                           f"{key}; cuda-keyring's?): vlmfleet uses it and adds "
                            "no source of its own (apt refuses one repository with two keys)")
     switch = bool(kind and kind != modules)
     if state.secure_boot and not state.mok_enrolled and family == "debian" and (p.installed is None or switch):
