@@ -71,6 +71,7 @@ def test_the_state_of_the_real_h200():
     assert s.persistence_mode == "Enabled" and not s.persistenced_ours
     assert not (s.nouveau_loaded or s.nouveau_module or s.nouveau_blacklisted)
     assert s.proc_open is True and not s.secure_boot and s.sources == ()  # no EFI firmware there, no apt source
+    assert not s.mokutil  # "mok no mokutil"
 
 
 def test_the_state_script_sections_of_an_ubuntu_box():
@@ -188,7 +189,9 @@ def test_nvswitch_systems_get_the_fabric_manager():
     state = replace(FRESH, packages=UBUNTU_580, held=frozenset(UBUNTU_580))
     p = plan(state=state, pci=HGX_H100, csv=SMI_A10)
     # at exactly the installed driver's version: the fabric manager refuses to start beside another
-    assert p.install.endswith("--force-confold 'nvidia-fabricmanager-580=580.95.05-*' 'libnvidia-nscq-580=580.95.05-*'")
+    # (older or newer than what is there: --allow-downgrades)
+    assert p.install.endswith("--force-confold --allow-downgrades 'nvidia-fabricmanager-580=580.95.05-*' "
+                              "'libnvidia-nscq-580=580.95.05-*'")
     assert not p.reboot
 
 
@@ -550,3 +553,74 @@ def test_a_daemon_that_is_not_running_after_the_reboot_fails_the_check(tmp_path)
         if rc:
             assert r.stderr.splitlines() == ["vlmfleet: nvidia-fabricmanager.service is not running after the reboot "
                                              "(failed):", "nv-fabricmanager: NVSwitch devices not found"]
+
+
+def test_a_reinstall_moves_the_fabric_manager_along_and_the_check_goes_by_the_branch():
+    """A switch of module kind (or a kernel's module package) installs the branch's newest version, which may move
+    the installed parts: the fabric manager is named too, and the check after the reboot wants the branch."""
+    debian = {"cuda-drivers-580": "580.95.05-1", "nvidia-kernel-dkms": "580.95.05-1", "nvidia-driver-cuda":
+              "580.95.05-1", "nvidia-fabricmanager": "580.95.05-1", "libnvidia-nscq": "580.95.05-1"}
+    state = replace(FRESH, packages=debian, held=frozenset(debian), persistenced_ours=True, proc_open=False)
+    p = plan(state=state, family="debian", pci=HGX_H100, csv=SMI_A10, modules="open")
+    assert p.install.endswith("--force-confold nvidia-open-580 nvidia-fabricmanager libnvidia-nscq $h")
+    assert p.installed == "580.95.05" and p.expect is None and p.reboot
+    assert plan(state=state, family="debian", pci=HGX_H100, csv=SMI_A10).expect == "580.95.05"  # nothing to do
+
+
+def test_an_unknown_or_stale_module_kind_is_no_reason_to_reboot():
+    """Debian's own archive names its open modules nvidia-open-kernel-dkms; Ubuntu keeps old kernels' module
+    packages. Neither may make a host reboot, or reinstall, on every run."""
+    debian_own = {"nvidia-driver": "580.95.05-1", "nvidia-open-kernel-dkms": "580.95.05-1",
+                  "libnvidia-compute1": "580.95.05-1"}
+    assert drv.installed_kind(debian_own, "580") == "open"
+    odd = {"nvidia-driver": "580.95.05-1", "nvidia-some-kernel-module": "580.95.05-1"}
+    for packages in (debian_own, odd):
+        state = replace(FRESH, packages=packages, held=frozenset(packages), persistenced_ours=True, proc_open=True)
+        assert not plan(state=state, family="debian", csv=SMI_A10).changes, packages
+    opened = {"nvidia-headless-no-dkms-580-server-open": "580.95.05-0ubuntu1", "nvidia-utils-580-server":
+              "580.95.05-0ubuntu1", "linux-modules-nvidia-580-server-open-generic": "6.8.0-45.45+1",
+              "linux-modules-nvidia-580-server-open-6.8.0-45-generic": "6.8.0-45.45+1",
+              "linux-modules-nvidia-580-server-6.8.0-40-generic": "6.8.0-40.40+1"}  # an old kernel's, proprietary
+    assert drv.installed_kind(opened, "580", "6.8.0-45-generic") == "open"
+    assert drv.installed_kind(opened, "580") == "mixed"
+    state = replace(FRESH, packages=opened, held=frozenset(opened), persistenced_ours=True, proc_open=True)
+    for modules in ("auto", "open"):
+        assert not plan(state=state, csv=SMI_A10, modules=modules).changes, modules
+    assert not drv.MODULE_KINDS["proprietary"].match("linux-modules-nvidia-580-server-open-generic")
+
+
+def test_the_state_scripts_sources_loop_reads_active_files_and_stanzas(tmp_path):
+    """The script's sources loop against a fake /etc/apt: .list and .sources only (not .disabled or .save), every
+    deb822 stanza, a tab after deb, Enabled: no."""
+    apt = tmp_path / "apt"
+    (apt / "sources.list.d").mkdir(parents=True)
+    (apt / "sources.list").write_text("deb http://deb.debian.org/debian bookworm main\n")
+    cuda = "https://developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64/"
+    (apt / "sources.list.d/cuda-debian12-x86_64.list.disabled").write_text(f"deb [signed-by=/k.gpg] {cuda} /\n")
+    (apt / "sources.list.d/old.list").write_text(f"deb\t[signed-by=/old.gpg]\t{cuda} /\n")
+    (apt / "sources.list.d/nvidia.sources").write_text(
+        f"Types: deb\nURIs: {cuda}\nSuites: /\nSigned-By: /usr/share/keyrings/cuda.gpg\n\n"
+        "Types: deb\nURIs: https://nvidia.github.io/libnvidia-container/stable/deb/amd64\nSuites: /\n"
+        "Signed-By: /usr/share/keyrings/toolkit.gpg\n\nTypes: deb\nURIs: https://mirror.example/cuda/\n"
+        "Enabled: no\nSuites: /\n")
+    loop = drv.STATE_SCRIPT[drv.STATE_SCRIPT.index("echo '== sources'"):].replace("/etc/apt", str(apt))
+    out = subprocess.run(["sh", "-c", loop], capture_output=True, text=True, check=True).stdout
+    s = drv.parse_state(out)
+    d = str(apt / "sources.list.d")
+    assert s.sources == (drv.AptSource(f"{d}/old.list", cuda, "/old.gpg"),
+                         drv.AptSource(f"{d}/nvidia.sources", cuda, "/usr/share/keyrings/cuda.gpg"),
+                         drv.AptSource(f"{d}/nvidia.sources", "https://nvidia.github.io/libnvidia-container/stable/"
+                                       "deb/amd64", "/usr/share/keyrings/toolkit.gpg"))
+
+
+def test_secure_boot_without_mokutil_says_to_install_it():
+    text = "== kernel\n6.1.0-28-amd64\n== secureboot\nstate 1\nmok no mokutil\n"
+    s = drv.parse_state(text)
+    assert s.secure_boot and not s.mokutil and not s.mok_enrolled
+    with pytest.raises(drv.DriverError, match=r"Secure Boot is on and mokutil is not installed.* — fix: apt-get "
+                                              r"install mokutil, then run again$"):
+        plan(state=s, family="debian")
+    # Ubuntu's DKMS key (shim-signed's MOK.der), enrolled: the second key's line counts
+    s = drv.parse_state("== secureboot\nstate 1\nmok /var/lib/dkms/mok.pub is not enrolled\n"
+                        "mok /var/lib/shim-signed/mok/MOK.der is already enrolled\n")
+    assert s.mok_enrolled and s.mokutil

@@ -408,6 +408,19 @@ def test_the_fabric_manager_added_to_an_installed_driver_takes_exactly_its_versi
     assert rc == 0 and sorted(lines) == [f"Inst libnvidia-nscq {at(V580)}", f"Inst nvidia-fabricmanager {at(V580)}"], out
     rc, lines, out = apt.plan("install", *FABRIC)  # the bare names: the newest branch's
     assert rc == 0 and f"Inst nvidia-fabricmanager {at(V590)}" in lines, out
+    # a fabric manager of another version beside the driver (590's here): back to the driver's, a downgrade
+    apt.installed(repo, [f"{x}_{V580}_amd64.deb" for x in on_580] + [f"{x}_{V590}_amd64.deb" for x in FABRIC],
+                  held=False)
+    p = drv.plan("h4", "580", "debian", drv.DriverState(kernel="6.1.0-28-amd64", packages={
+        **on_580, **{x: V590 for x in FABRIC}}), drv.parse_pci('0000:18:00.0 "0302" "10de" "2330"\n' + switches),
+        smi, None, os_version="12")
+    _, runs = stage_apt_runs(p.install)
+    assert "--allow-downgrades" in runs[0]
+    rc, lines, out = apt.plan("install", *runs[0])
+    assert rc == 0 and sorted(lines) == [f"Inst libnvidia-nscq [{V590}] {at(V580)}",
+                                         f"Inst nvidia-fabricmanager [{V590}] {at(V580)}"], out
+    rc, _, out = apt.plan("install", *(a for a in runs[0] if a != "--allow-downgrades"))
+    assert rc == 100 and "downgraded" in out, out
 
 
 def test_fingerprint_and_urls_in_the_inventory_data_are_the_served_keys(lab, tmp_path):

@@ -55,9 +55,11 @@ STATE_SCRIPT = (
     "echo '== loaded'; head -1 /proc/driver/nvidia/version 2>/dev/null || true; "
     "echo '== secureboot'; echo \"state $(od -An -tu1 -j4 -N1 "
     "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c 2>/dev/null | tr -d ' ')\"; "
-    "echo \"mok $(mokutil --test-key /var/lib/dkms/mok.pub 2>/dev/null | head -1)\"; "
-    "echo '== sources'; for f in $(grep -lsiE 'cuda|nvidia' /etc/apt/sources.list /etc/apt/sources.list.d/*); do "
-    "grep -HE '^[[:space:]]*(deb |URIs:|Signed-By:)' \"$f\"; done; true"
+    "if command -v mokutil >/dev/null; then for k in /var/lib/dkms/mok.pub /var/lib/shim-signed/mok/MOK.der; do "
+    "[ -f $k ] && echo \"mok $(mokutil --test-key $k 2>&1 | head -1)\"; done; else echo 'mok no mokutil'; fi; "
+    "echo '== sources'; for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list "
+    "/etc/apt/sources.list.d/*.sources; do grep -qsiE 'cuda|nvidia' \"$f\" || continue; "
+    "grep -HE '^[[:space:]]*(deb[[:space:]]|URIs:|Signed-By:|Enabled:|$)' \"$f\"; done; true"
 )
 
 #: nvidia-smi's own words when no kernel module answers, and when the module is not the library's version
@@ -139,7 +141,8 @@ class DriverState:
     proc_version: str | None = None  # /proc/driver/nvidia/version's version, when a module is loaded
     proc_open: bool | None = None  # the loaded module is the open one ("Open Kernel Module"); None: none loaded
     secure_boot: bool = False  # the firmware enforces Secure Boot (its SecureBoot EFI variable is 1)
-    mok_enrolled: bool = False  # DKMS's signing key (/var/lib/dkms/mok.pub) is enrolled (mokutil --test-key)
+    mok_enrolled: bool = False  # a DKMS signing key (/var/lib/dkms/mok.pub, Ubuntu's MOK.der) is enrolled
+    mokutil: bool = True  # mokutil is installed (without it, whether a key is enrolled is not known)
     sources: tuple = ()  # AptSource of every apt source file naming cuda or nvidia
 
 
@@ -170,7 +173,9 @@ def parse_state(text: str | None) -> DriverState:
                        persistence_mode=persistence.get("mode") or None, persistenced_ours=bool(persistence.get("unit")),
                        proc_version=loaded[1] if loaded else None,
                        proc_open=("Open Kernel Module" in first("loaded")) if loaded else None,
-                       secure_boot=boot.get("state") == "1", mok_enrolled="is already enrolled" in boot.get("mok", ""),
+                       secure_boot=boot.get("state") == "1",
+                       mok_enrolled=any("is already enrolled" in x for x in sections.get("secureboot", [])),
+                       mokutil="mok no mokutil" not in sections.get("secureboot", []),
                        sources=parse_sources(sections.get("sources", [])))
 
 
@@ -186,25 +191,37 @@ class AptSource:
 
 
 def parse_sources(lines: list[str]) -> tuple[AptSource, ...]:
-    """The ``== sources`` section: ``FILE:deb [signed-by=K] URL SUITE`` lines (one-line style) and ``FILE:URIs: URL``
-    with ``FILE:Signed-By: K`` (deb822 ``.sources`` files)."""
+    """The ``== sources`` section: ``FILE:deb [signed-by=K] URL SUITE`` lines (one-line style), and deb822
+    ``.sources`` stanzas (``FILE:URIs: URL``, ``FILE:Signed-By: K``, ``FILE:Enabled: no``; a bare ``FILE:`` ends a
+    stanza)."""
     out: list[AptSource] = []
-    deb822: dict[str, dict] = {}
+    stanza: dict = {}
+
+    def flush() -> None:
+        if (stanza.get("enabled") or "yes").lower() != "no":
+            out.extend(AptSource(stanza["file"], url, stanza.get("key")) for url in stanza.get("urls", []))
+        stanza.clear()
+
     for line in lines:
         file, sep, rest = line.partition(":")
         rest = rest.strip()
         if not sep:
             continue
+        if stanza and (stanza["file"] != file or not rest):
+            flush()
         m = re.match(r"^deb\s+(?:\[([^\]]*)\]\s+)?(\S+)", rest)
         if m:
             opts = dict(o.partition("=")[::2] for o in (m[1] or "").split())
             out.append(AptSource(file, m[2], opts.get("signed-by")))
-        elif rest.startswith("URIs:"):
-            deb822.setdefault(file, {})["urls"] = rest[5:].split()
-        elif rest.startswith("Signed-By:"):
-            deb822.setdefault(file, {})["key"] = rest[10:].strip() or None
-    for file, d in deb822.items():
-        out += [AptSource(file, url, d.get("key")) for url in d.get("urls", [])]
+        elif rest.startswith(("URIs:", "Signed-By:", "Enabled:")):
+            field_, _, value = rest.partition(":")
+            stanza["file"] = file
+            if field_ == "URIs":
+                stanza["urls"] = value.split()
+            else:
+                stanza["key" if field_ == "Signed-By" else "enabled"] = value.strip() or None
+    if stanza:
+        flush()
     return tuple(out)
 
 
@@ -336,21 +353,29 @@ DRIVER_MARKERS = r"^(nvidia-utils|nvidia-driver(?!-pinning)|nvidia-headless|nvid
 
 
 #: the kernel module packages of each kind (Ubuntu's archive, NVIDIA's CUDA repository)
+#: (and Debian's own nvidia-open-kernel-dkms, Ubuntu's desktop branches without -server)
 MODULE_KINDS = {
-    "open": re.compile(r"^(nvidia-kernel-open-dkms|nvidia-headless-no-dkms-\d+-server-open|nvidia-dkms-\d+-server-open"
-                       r"|linux-modules-nvidia-\d+-server-open-.+)$"),
-    "proprietary": re.compile(r"^(nvidia-kernel-dkms|nvidia-headless-no-dkms-\d+-server|nvidia-dkms-\d+-server"
-                              r"|linux-modules-nvidia-\d+-server-(?!open-).+)$"),
+    "open": re.compile(r"^(nvidia-kernel-open-dkms|nvidia-open-kernel-dkms|nvidia-headless-no-dkms-\d+(-server)?-open"
+                       r"|nvidia-dkms-\d+(-server)?-open|linux-modules-nvidia-\d+(-server)?-open-.+)$"),
+    "proprietary": re.compile(r"^(nvidia-kernel-dkms|nvidia-headless-no-dkms-\d+(-server)?|nvidia-dkms-\d+(-server)?"
+                              r"|linux-modules-nvidia-\d+(-server)?-(?!open-|server-).+)$"),
 }
+#: a module package of one kernel: linux-modules-nvidia-580-server-6.8.0-45-generic
+KERNEL_MODULES = re.compile(r"^linux-modules-nvidia-\d+(?:-server)?(?:-open)?-(\d+\.\d+\.\d+-\d+-.+)$")
 
 
-def installed_kind(packages: dict, branch: str) -> str | None:
+def installed_kind(packages: dict, branch: str, kernel: str = "") -> str | None:
     """Which kernel modules apt installed for ``branch``: ``"open"``, ``"proprietary"``, ``"mixed"`` (both), or None.
 
     + packages: installed package -> version, e.g. ``{"nvidia-kernel-open-dkms": "580.95.05-1"}`` (open)
+    + kernel: the running kernel: module packages of other kernels (Ubuntu keeps old kernels') do not count
     """
+    def counts(p: str) -> bool:
+        m = KERNEL_MODULES.match(p)
+        return not (m and kernel and m[1] != kernel)
+
     kinds = {kind for p, v in packages.items() for kind, rx in MODULE_KINDS.items()
-             if rx.match(p) and (f"-{branch}-" in p or branch_of(upstream(v)) == branch)}
+             if rx.match(p) and counts(p) and (f"-{branch}-" in p or branch_of(upstream(v)) == branch)}
     return kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else None)
 
 
@@ -377,7 +402,7 @@ def driver_packages(packages: dict) -> list[str]:
 
 
 def install_command(pk: Packages, extra: tuple[str, ...] = (), driver: bool = True,
-                    unhold: tuple[str, ...] = (), secure_boot: bool = False) -> str:
+                    unhold: tuple[str, ...] = (), secure_boot: bool = False, downgrade: bool = False) -> str:
     """The shell command that installs ``pk`` non-interactively (held packages of another branch may move).
 
     On Ubuntu it asks the archive, on the host and at install time, whether the running kernel has precompiled
@@ -390,9 +415,12 @@ def install_command(pk: Packages, extra: tuple[str, ...] = (), driver: bool = Tr
       packages only when each is named; the stage holds the new ones after
     + secure_boot: the firmware enforces Secure Boot and DKMS's key is not enrolled: Ubuntu's DKMS fallback fails
       before installing anything (its module would not load), naming the fix
+    + downgrade: ``extra`` names exact versions that may be older than the installed ones (``--allow-downgrades``)
     """
     apt = ("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "
            "--allow-change-held-packages -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold")
+    if downgrade:
+        apt += " --allow-downgrades"
     base = " ".join(shlex.quote(p) for p in (pk.driver if driver else ()) + tuple(extra))
     release = f"apt-mark unhold {' '.join(shlex.quote(p) for p in unhold)} >/dev/null || exit 1; " if unhold else ""
     if not driver:
@@ -499,6 +527,7 @@ class DriverPlan:
     blacklist_nouveau: bool = False  # write NOUVEAU_CONF: the kernel has nouveau, nothing blacklists it yet
     persistenced: bool = True  # write vlmfleet's persistence daemon unit (False: persistence mode is on already)
     installed: str | None = None  # the installed driver version (upstream), when the packages are there
+    expect: str | None = None  # the version nvidia-smi must answer with after the reboot (None: the branch's)
     cuda_source: str | None = None  # another apt source file has NVIDIA's CUDA repository (cuda-keyring's): used
     loaded: str | None = None  # what answers now (nvidia-smi / /proc), None: nothing
     notes: list[str] = field(default_factory=list)
@@ -542,12 +571,14 @@ def plan(host: str, branch: str, family: str, state: DriverState, pci: tuple[Pci
     gpus = sum(d.is_gpu for d in pci)
     switches = sum(d.is_nvswitch for d in pci)
     fm = bool(switches) if fabricmanager == "auto" else bool(fabricmanager)
-    kind = installed_kind(state.packages, branch) if installed_version(state.packages, branch) else None
-    if modules == "auto":
-        modules = kind if kind in ("open", "proprietary") else "proprietary"
+    kind = installed_kind(state.packages, branch, state.kernel) if installed_version(state.packages, branch) else None
+    loaded_kind = None if state.proc_open is None else ("open" if state.proc_open else "proprietary")
+    if modules == "auto":  # what is installed, else what is loaded, else proprietary
+        modules = kind if kind in ("open", "proprietary") else loaded_kind or "proprietary"
     pk = packages_for(family, branch, modules, kernel_flavour(state.kernel, state.packages, os_version, flavour))
     p = DriverPlan(branch=branch, family=family, arch=state.arch, packages=pk, gpus=gpus, nvswitches=switches, fabricmanager=fm)
     p.installed = installed_version(state.packages, branch)
+    p.expect = p.installed
     loaded = smi_version(gpu_csv) or state.proc_version
     p.loaded = loaded
     mismatch = bool(gpu_error and MISMATCH in gpu_error)
@@ -592,6 +623,10 @@ def plan(host: str, branch: str, family: str, state: DriverState, pci: tuple[Pci
                            "no source of its own (apt refuses one repository with two keys)")
     switch = bool(kind and kind != modules)
     if state.secure_boot and not state.mok_enrolled and family == "debian" and (p.installed is None or switch):
+        if not state.mokutil:
+            raise DriverError(f"{host}: data key 'nvidia_driver_branch' = '{branch}': Secure Boot is on and mokutil "
+                              "is not installed, so whether DKMS's signing key is enrolled is not known (NVIDIA's CUDA "
+                              "repository builds the module with DKMS) — fix: apt-get install mokutil, then run again")
         raise DriverError(f"{host}: data key 'nvidia_driver_branch' = '{branch}': NVIDIA's CUDA repository builds "
                           f"the driver's module with DKMS, and {SECURE_BOOT_DKMS}")
     held = tuple(x for x in ours if x in state.held)
@@ -602,7 +637,10 @@ def plan(host: str, branch: str, family: str, state: DriverState, pci: tuple[Pci
                      and pk.dkms not in state.packages)
     sb = state.secure_boot and not state.mok_enrolled  # Ubuntu's DKMS fallback then fails, naming the fix
     if p.installed is None or no_module or switch:
-        p.install = install_command(pk, fabric, unhold=held, secure_boot=sb)
+        # apt takes the branch's newest version for what it installs, and may move the installed parts with it:
+        # the fabric manager goes along, and the check after the reboot goes by the branch
+        p.install = install_command(pk, pk.fabric if fm and p.installed else fabric, unhold=held, secure_boot=sb)
+        p.expect = None
         p.notes.append(f"branch {branch} is not installed ({', '.join(pk.driver)} from {pk.source})"
                        if p.installed is None else
                        f"the installed driver {p.installed} has {kind} kernel modules, nvidia_driver_modules = "
@@ -610,8 +648,9 @@ def plan(host: str, branch: str, family: str, state: DriverState, pci: tuple[Pci
                        f"the running kernel {state.kernel} has no NVIDIA {branch} module "
                        f"package ({pk.kernel_modules_prefix}-{state.kernel}): installed for it")
     elif fabric:
-        # the driver stays: the fabric manager of exactly its version (apt's candidate may be newer)
-        p.install = install_command(pk, tuple(f"{x}={p.installed}-*" for x in fabric), driver=False, unhold=held)
+        # the driver stays: the fabric manager of exactly its version (apt's candidate may be newer, or older)
+        p.install = install_command(pk, tuple(f"{x}={p.installed}-*" for x in fabric), driver=False, unhold=held,
+                                    downgrade=True)
         p.notes.append(f"the fabric manager is added at the installed driver's version {p.installed}")
     if fm:
         p.notes.append(f"{switches} NVSwitches on the PCI bus: the fabric manager ({', '.join(pk.fabric)}) runs "
@@ -628,9 +667,9 @@ def plan(host: str, branch: str, family: str, state: DriverState, pci: tuple[Pci
         p.reboot = f"the installed driver {want} is not loaded"
     elif want and loaded != want:
         p.reboot = f"the loaded module is {loaded}, the installed driver {want}"
-    elif state.proc_open is not None and ("open" if state.proc_open else "proprietary") != modules:
-        p.reboot = (f"the loaded module is the {'open' if state.proc_open else 'proprietary'} one, "
-                    f"nvidia_driver_modules = {modules!r}")
+    elif loaded_kind and loaded_kind != modules and (switch or kind == modules):
+        # only where apt's packages say which kind is installed: an unknown kind is no reason to reboot
+        p.reboot = f"the loaded module is the {loaded_kind} one, nvidia_driver_modules = {modules!r}"
     if state.nouveau_loaded and not p.reboot:
         p.reboot = "nouveau holds the GPUs"
     return p

@@ -72,7 +72,7 @@ def driver(cfg: HostConfig, plan: drv.DriverPlan | None, defer: bool = False) ->
                      _if=nouveau.did_change, _timeout=pyinfra_timeout(600))
     else:
         host.noop("no nouveau to blacklist (the kernel has no nouveau module, or it is blacklisted already)")
-    if plan.install and plan.family == "debian" and plan.cuda_source:
+    if plan.family == "debian" and plan.cuda_source:
         # the host's own source for the repository (preflight's note names it): a second one of ours would make apt
         # refuse both ("Conflicting values set for option Signed-By")
         ours = files.file(name="Remove vlmfleet's CUDA repository source (the host has its own)", path=drv.CUDA_SOURCES,
@@ -95,7 +95,7 @@ def _install(cfg: HostConfig, plan: drv.DriverPlan, **when) -> None:
     if plan.install:
         bounded_apt_update(cfg, "Update apt's package lists (bounded in time, 3 tries)", cache_time=3600,
                            **{k: v for k, v in when.items() if k != "_timeout"})
-        what = ", ".join(plan.packages.driver) if plan.installed is None else ", ".join(plan.packages.fabric)
+        what = ", ".join(plan.packages.driver) if plan.expect is None else ", ".join(plan.packages.fabric)
         server.shell(name=f"Install NVIDIA driver {plan.branch} ({what} from {plan.packages.source})",
                      commands=[plan.install], **{**when, "_timeout": pyinfra_timeout(max(1800, cfg.apt_timeout_s * 3))})
     else:
@@ -152,7 +152,7 @@ def reboot_into_driver(cfg: HostConfig, plan: drv.DriverPlan, batch: int, instal
     if not plan.reboot:
         host.noop(f"no reboot: the loaded NVIDIA driver is {plan.loaded}, the installed one")
         return []
-    target = plan.installed or f"branch {plan.branch}"
+    target = plan.expect or f"branch {plan.branch}"
     if install:
         _install(cfg, plan, **when)
         _enable_daemons(cfg, plan, **when)
@@ -172,7 +172,7 @@ def reboot_into_driver(cfg: HostConfig, plan: drv.DriverPlan, batch: int, instal
                            reboot_timeout=max(interval, cfg.nvidia_reboot_timeout_s * interval // (interval + 10)),
                            _timeout=cfg.nvidia_reboot_timeout_s + 120, **bounded)
     server.shell(name=f"Check nvidia-smi answers with driver {target} for {plan.gpus} GPUs",
-                 commands=[drv.check_command(plan.branch, plan.gpus, plan.installed)], **when)
+                 commands=[drv.check_command(plan.branch, plan.gpus, plan.expect)], **when)
     for unit, on in ((PERSISTENCED, plan.persistenced), (FABRICMANAGER, plan.fabricmanager)):
         if on:  # a check, not a start: a daemon that failed at boot fails the host, with its last words
             server.shell(name=f"Check {unit} runs after the reboot", commands=[drv.active_command(unit)], **when)

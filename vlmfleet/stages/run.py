@@ -88,11 +88,14 @@ def run_stages(only: list[str] | None = None) -> None:
     if "service" in wanted or rebooting:
         release = prepare(cfg, verdict.plan, restart_for + daemon, **bound) if "service" in wanted else None
         # the restarts, batch by batch: see vlmfleet/stages/rollout.py for how the order is built
+        # the server's own health after the reboot, where the running release is this run's (a new release is
+        # checked by its own rollout, with its own settings, right after)
+        check_after = has_server and (release is None or not release.reasons)
         for k in host.loop(range(len(plan_batches))):
             rollout.batch_gate(k, len(plan_batches), tuple(plan_batches[k]), name=f"Begin rollout batch {k + 1}")
             if k == mine and rebooting:
                 started += reboot_into_driver(cfg, verdict.driver, k, install=defer, _if=[rollout.may_restart(k)],
-                                              server_plan=verdict.plan if has_server else None, **bound)
+                                              server_plan=verdict.plan if check_after else None, **bound)
             if k == mine and release is not None:
                 if daemon:
                     gate = [rollout.may_restart(k)]
